@@ -1,0 +1,1 @@
+"""BinaryClassifier pipeline: prepare, train, evaluate and register a logistic regression."""

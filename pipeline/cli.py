@@ -1,0 +1,356 @@
+"""The click CLI: the only layer that reads params, touches files and opens MLflow runs."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline import files, tracking
+from pipeline.params import Params, load_params
+
+FAMILIES = {"model": "BinaryClassifier", "baseline": "LogisticRegression"}
+
+
+@dataclass(frozen=True)
+class Context:
+    """Params plus where the store is; built once per command."""
+
+    params: Params
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        """The MLflow tracking (and registry) URI."""
+        return tracking.tracking_uri(self.root, self.env)
+
+    def tags(self, family: str, data_sha256: str) -> dict[str, str]:
+        """Tags every run carries: which family, which data, which commit."""
+        tags = {tracking.FAMILY_TAG: family, tracking.DATA_HASH_TAG: data_sha256}
+        commit = tracking.git_commit(self.root)
+        if commit:
+            tags[tracking.GIT_COMMIT_TAG] = commit
+        return tags
+
+
+def _is_user_error(exc: Exception) -> bool:
+    """Bad params, data or paths, or a store that refused: a message, not a traceback."""
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # only loaded if a stage used MLflow
+    return isinstance(exc, (ValueError, FileNotFoundError)) or bool(
+        mlflow_exceptions and isinstance(exc, mlflow_exceptions.MlflowException)
+    )
+
+
+def stage(func: Callable[..., None]) -> Callable[..., None]:
+    """Add --params/--set, build the Context, and turn known errors into a clear exit 1."""
+
+    @click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path())
+    @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one param.")
+    @functools.wraps(func)
+    def wrapper(params_path: str, overrides: tuple[str, ...], **kwargs: Any) -> None:
+        env = tracking.environ()
+        try:
+            ctx = Context(load_params(params_path, overrides), tracking.project_root(env, Path.cwd()), env)
+            func(ctx, **kwargs)
+        except Exception as exc:
+            if not _is_user_error(exc):
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+def path_option(name: str, key: str) -> Callable:
+    """A path option whose default is params.yaml's paths.<key> (dvc.yaml passes the same value)."""
+    return click.option(f"--{name}", key, default=None, type=click.Path(), help=f"default: params paths.{key}")
+
+
+def _path(ctx: Context, key: str, given: str | None) -> Path:
+    return Path(given if given is not None else getattr(ctx.params.paths, key))
+
+
+@click.group()
+def main() -> None:
+    """BinaryClassifier pipeline: prepare, train, evaluate, register (or `run` for all)."""
+
+
+# ---------------------------------------------------------------- prepare
+@main.command()
+@stage
+@path_option("out", "prepared")
+def prepare(ctx: Context, prepared: str | None) -> None:
+    """Read data.source, validate, split and write the prepared arrays."""
+    do_prepare(ctx, _path(ctx, "prepared", prepared))
+
+
+def do_prepare(ctx: Context, out: Path) -> None:
+    """Stage body: load, validate, split, write atomically."""
+    from pipeline import data
+
+    p = ctx.params.data
+    table = data.load_source(p.source, p.label)
+    prepared = data.prepare(table, p.test_size, p.seed, p.standardize)
+    digest = data.save_prepared(out, prepared)
+    click.echo(
+        f"prepared {len(prepared.y_train)} train / {len(prepared.y_test)} {prepared.evaluated_on} rows, "
+        f"{len(prepared.features)} features from {p.source} -> {out} (sha256 {digest[:12]})"
+    )
+
+
+# ---------------------------------------------------------------- train
+@main.command()
+@stage
+@path_option("data", "prepared")
+@path_option("model", "model")
+@path_option("history", "history")
+@path_option("run-info", "run_info")
+def train(ctx: Context, prepared: str | None, model: str | None, history: str | None, run_info: str | None) -> None:
+    """Train BinaryClassifier, logging params and per-epoch cost/accuracy to MLflow."""
+    do_train(
+        ctx,
+        _path(ctx, "prepared", prepared),
+        _path(ctx, "model", model),
+        _path(ctx, "history", history),
+        _path(ctx, "run_info", run_info),
+    )
+
+
+def do_train(ctx: Context, data_dir: Path, model_path: Path, history_path: Path, run_info_path: Path) -> None:
+    """Stage body: train inside an MLflow run; outputs are written only once everything succeeded."""
+    from pipeline import data
+    from pipeline import train as training
+    from pipeline.model import ModelConfig, checkpoint_bytes, standardize
+
+    p = ctx.params
+    prepared = data.load_prepared(data_dir)
+    config = ModelConfig(len(prepared.features), prepared.features, p.train.threshold, prepared.mean, prepared.scale)
+    client = tracking.client(ctx.uri)
+    run = tracking.start_run(
+        client, p.mlflow.experiment, ctx.uri, FAMILIES["model"], ctx.tags("model", prepared.sha256), ctx.env
+    )
+    with tracking.failing_run(client, run):
+        tracking.log_params(client, run.run_id, {**p.section("data"), **p.section("train")})
+        device = training.resolve_device(p.train.device)
+        result = training.train(standardize(prepared.X_train, config), prepared.y_train, p.train, device, click.echo)
+        tracking.log_history(client, run.run_id, {"cost": result.cost, "accuracy": result.accuracy})
+        client.set_tag(run.run_id, "pipeline.device", result.device)
+        rows = "".join(
+            f"{i},{c!r},{a!r}\n"
+            for i, (c, a) in enumerate(zip(result.cost.tolist(), result.accuracy.tolist(), strict=False))
+        )
+        files.write_bytes(model_path, checkpoint_bytes(result.model, config))
+        files.write_text(history_path, "epoch,cost,accuracy\n" + rows)
+        files.write_json(run_info_path, {"run_id": run.run_id, "experiment_id": run.experiment_id})
+    w, b = result.model.linear.weight.tolist(), result.model.linear.bias.tolist()
+    click.echo(f"W = {[[round(v, 4) for v in row] for row in w]}, b = {[round(v, 4) for v in b]}")
+    click.echo(f"MLflow run {run.run_id} ({ctx.uri})")
+
+
+# ---------------------------------------------------------------- evaluate
+@main.command()
+@stage
+@path_option("data", "prepared")
+@path_option("model", "model")
+@path_option("run-info", "run_info")
+@path_option("metrics", "metrics")
+def evaluate(ctx: Context, prepared: str | None, model: str | None, run_info: str | None, metrics: str | None) -> None:
+    """Score BinaryClassifier and a scikit-learn baseline with one metric set."""
+    do_evaluate(
+        ctx,
+        _path(ctx, "prepared", prepared),
+        _path(ctx, "model", model),
+        _path(ctx, "run_info", run_info),
+        _path(ctx, "metrics", metrics),
+    )
+
+
+def _training_run(client: Any, run_info_path: Path, uri: str) -> tracking.RunRef:
+    """The training run named in models/mlflow_run.json, checked to exist in this store."""
+    from mlflow.exceptions import MlflowException
+
+    info = files.read_json(run_info_path)
+    try:
+        run = client.get_run(info["run_id"])
+    except (KeyError, MlflowException) as exc:
+        raise ValueError(
+            f"{run_info_path}: training run {info.get('run_id')!r} is not in the store {uri}; "
+            "re-run training (`dvc repro --force train`)"
+        ) from exc
+    return tracking.RunRef(run.info.run_id, run.info.experiment_id, owned=False)
+
+
+def do_evaluate(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path, metrics_path: Path) -> None:
+    """Stage body: both models scored on the same split; metrics to both runs and one JSON file."""
+    from pipeline import data, evaluate
+    from pipeline.model import load_checkpoint, predict_proba, standardize
+
+    prepared = data.load_prepared(data_dir)
+    model, config = load_checkpoint(model_path)
+    if config.features != prepared.features:
+        raise ValueError(f"{model_path}: model features {config.features} != prepared {prepared.features}")
+    client = tracking.client(ctx.uri)
+    train_run = _training_run(client, run_info_path, ctx.uri)
+    tags = {**ctx.tags("baseline", prepared.sha256), tracking.TRAIN_RUN_TAG: train_run.run_id}
+    created = client.create_run(train_run.experiment_id, run_name=FAMILIES["baseline"], tags=tags)
+    baseline_run = tracking.RunRef(created.info.run_id, train_run.experiment_id, owned=True)
+    with tracking.failing_run(client, baseline_run):
+        tracking.log_params(client, baseline_run.run_id, ctx.params.section("evaluate"))
+        baseline = evaluate.fit_baseline(
+            standardize(prepared.X_train, config), prepared.y_train, ctx.params.evaluate.baseline
+        )
+        results = {
+            "model": evaluate.scores(prepared.y_test, predict_proba(model, config, prepared.X_test), config.threshold),
+            "baseline": evaluate.scores(
+                prepared.y_test,
+                evaluate.baseline_proba(baseline, standardize(prepared.X_test, config)),
+                config.threshold,
+            ),
+        }
+        for family, run_id in (("model", train_run.run_id), ("baseline", baseline_run.run_id)):
+            tracking.log_metrics(client, run_id, {f"eval_{k}": v for k, v in results[family].items()})
+            client.set_tag(run_id, "pipeline.evaluated_on", prepared.evaluated_on)
+        files.write_json(metrics_path, results)
+    click.echo(comparison_table(results))
+
+
+def comparison_table(results: dict[str, dict[str, float]]) -> str:
+    """BinaryClassifier against the baseline, one metric per line."""
+    lines = [f"{'metric':<10} {FAMILIES['model']:>18} {FAMILIES['baseline']:>20}"]
+    for key in results["model"]:
+        lines.append(f"{key:<10} {results['model'][key]:>18.6f} {results['baseline'][key]:>20.6f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- register
+@main.command()
+@stage
+@path_option("data", "prepared")
+@path_option("model", "model")
+@path_option("run-info", "run_info")
+@path_option("metrics", "metrics")
+@path_option("out", "registered")
+def register(
+    ctx: Context,
+    prepared: str | None,
+    model: str | None,
+    run_info: str | None,
+    metrics: str | None,
+    registered: str | None,
+) -> None:
+    """Log the model, register it, set @challenger and (if it passes the gate) @champion."""
+    do_register(
+        ctx,
+        _path(ctx, "prepared", prepared),
+        _path(ctx, "model", model),
+        _path(ctx, "run_info", run_info),
+        _path(ctx, "metrics", metrics),
+        _path(ctx, "registered", registered),
+    )
+
+
+def do_register(
+    ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path, metrics_path: Path, out: Path
+) -> None:
+    """Stage body: one version per distinct checkpoint; aliases moved by the gate."""
+    import mlflow
+
+    from pipeline import data, evaluate, registry
+    from pipeline.model import load_checkpoint
+
+    p = ctx.params.register
+    prepared = data.load_prepared(data_dir)
+    _, config = load_checkpoint(model_path)
+    results = files.read_json(metrics_path)
+    checkpoint = model_path.read_bytes()
+    mlflow.set_tracking_uri(ctx.uri)
+    mlflow.set_registry_uri(ctx.uri)
+    client = tracking.client(ctx.uri)
+    run = _training_run(client, run_info_path, ctx.uri)
+    with tracking.failing_run(client, run):
+        sha = registry.fingerprint(checkpoint)
+        version = registry.find_version(client, p.model_name, sha)
+        new = version is None
+        if new:
+            model_uri = registry.log_model(run.run_id, model_path, config.features, prepared.X_test[:5])
+            tags = {registry.SHA_TAG: sha, tracking.DATA_HASH_TAG: prepared.sha256}
+            version = mlflow.register_model(model_uri, p.model_name, tags=tags)
+            client.set_registered_model_alias(p.model_name, registry.CHALLENGER, version.version)
+        model_score, baseline_score = results["model"][p.metric], results["baseline"][p.metric]
+        champion = registry.champion_version(client, p.model_name)
+        if champion is not None and champion.version == version.version:
+            decision = registry.Decision(
+                True, f"v{version.version} is already the champion", p.metric, model_score, baseline_score
+            )
+        else:
+            champion_score = None
+            if champion is not None:
+                proba = registry.score_version(p.model_name, champion.version, prepared.X_test, prepared.features)
+                if proba is None:
+                    raise ValueError(
+                        f"champion v{champion.version} of {p.model_name} expects other features than "
+                        f"{prepared.features}; use another register.model_name for this data"
+                    )
+                champion_score = evaluate.scores(prepared.y_test, proba, config.threshold)[p.metric]
+            decision = registry.gate(
+                p.metric,
+                model_score,
+                baseline_score,
+                p.tolerance,
+                champion_score,
+                None if champion is None else champion.version,
+            )
+            if decision.promote:
+                client.set_registered_model_alias(p.model_name, registry.CHAMPION, version.version)
+        summary = registry.summary(client, p.model_name, version, new, decision)
+        files.write_json(out, summary)
+    click.echo(registration_line(summary))
+
+
+def registration_line(summary: dict[str, Any]) -> str:
+    """One sentence on what the registry now holds."""
+    aliases = ", ".join(f"@{a}" for a in summary["aliases"]) or "no aliases"
+    state = "new version" if summary["new_version"] else "unchanged model, existing version"
+    return (
+        f"{summary['name']} v{summary['version']} ({state}; {aliases}): "
+        f"{'champion' if summary['decision']['promote'] else 'not champion'}: {summary['decision']['reason']}"
+    )
+
+
+# ---------------------------------------------------------------- run / report
+@main.command()
+@stage
+def run(ctx: Context) -> None:
+    """Every stage in order in this process (what `mlflow run .` calls), with params' paths."""
+    paths = ctx.params.paths
+    prepared, model, run_info, metrics = (
+        Path(paths.prepared),
+        Path(paths.model),
+        Path(paths.run_info),
+        Path(paths.metrics),
+    )
+    do_prepare(ctx, prepared)
+    do_train(ctx, prepared, model, Path(paths.history), run_info)
+    do_evaluate(ctx, prepared, model, run_info, metrics)
+    do_register(ctx, prepared, model, run_info, metrics, Path(paths.registered))
+
+
+@main.command()
+@stage
+@path_option("metrics", "metrics")
+@path_option("registered", "registered")
+def report(ctx: Context, metrics: str | None, registered: str | None) -> None:
+    """Print the comparison table and the registered version from the stage outputs."""
+    results = files.read_json(_path(ctx, "metrics", metrics))
+    summary = files.read_json(_path(ctx, "registered", registered))
+    click.echo(comparison_table(results))
+    click.echo(registration_line(summary))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

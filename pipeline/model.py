@@ -1,0 +1,82 @@
+"""The tutorial's BinaryClassifier, its config, checkpoints and the one scoring path."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class BinaryClassifier(nn.Module):
+    """Logistic regression as in the tutorial: nn.Linear then nn.Sigmoid."""
+
+    def __init__(self, n_features: int = 2) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_features, 1)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probability of class 1, shape (N, 1)."""
+        return self.sigmoid(self.linear(x))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What it takes to rebuild and apply the model; travels inside the checkpoint."""
+
+    n_features: int
+    features: tuple[str, ...]
+    threshold: float
+    mean: tuple[float, ...] | None = None  # standardisation fitted on the train split
+    scale: tuple[float, ...] | None = None
+
+
+def checkpoint_bytes(model: BinaryClassifier, config: ModelConfig) -> bytes:
+    """Serialise weights (moved to CPU) and config; BytesIO keeps the bytes independent of the file name."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "config": asdict(config)}, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(path: str | Path) -> tuple[BinaryClassifier, ModelConfig]:
+    """Load with weights_only=True: plain tensors and primitives, no pickled code."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        raw = blob["config"]
+        config = ModelConfig(
+            n_features=int(raw["n_features"]),
+            features=tuple(raw["features"]),
+            threshold=float(raw["threshold"]),
+            mean=None if raw.get("mean") is None else tuple(raw["mean"]),
+            scale=None if raw.get("scale") is None else tuple(raw["scale"]),
+        )
+        model = BinaryClassifier(config.n_features)
+        model.load_state_dict(blob["state_dict"])
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path}: checkpoint not found (run the train stage first)") from exc
+    except Exception as exc:  # torch.load fails on junk with many types (zip, unpickler, struct)
+        raise ValueError(f"{path}: not a BinaryClassifier checkpoint: {exc}") from exc
+    model.eval()
+    return model, config
+
+
+def standardize(X: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """Apply the train split's standardisation (identity when it was off), as float32."""
+    X = np.asarray(X, dtype=np.float32)
+    if config.mean is None:
+        return X
+    mean = np.asarray(config.mean, dtype=np.float32)
+    scale = np.asarray(config.scale, dtype=np.float32)
+    return (X - mean) / scale
+
+
+def predict_proba(model: BinaryClassifier, config: ModelConfig, X_raw: np.ndarray) -> np.ndarray:
+    """Probabilities for raw feature rows: the path evaluate, register and serving all share."""
+    X = torch.from_numpy(np.ascontiguousarray(standardize(X_raw, config)))
+    with torch.no_grad():
+        return model(X).reshape(-1).numpy().astype(np.float64)

@@ -1,0 +1,238 @@
+"""Typed, frozen parameters loaded from params.yaml; every error names the offending key."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file or override that does not match the schema."""
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# Metric name -> True when higher is better; evaluate computes exactly these.
+METRICS = {
+    "accuracy": True,
+    "log_loss": False,
+    "roc_auc": True,
+    "f1": True,
+    "precision": True,
+    "recall": True,
+}
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the table comes from and how it is split."""
+
+    source: str
+    label: str
+    test_size: float
+    standardize: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The tutorial's training loop settings."""
+
+    seed: int
+    lr: float
+    epochs: int
+    device: str
+    log_every: int
+    threshold: float
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    """scikit-learn LogisticRegression settings."""
+
+    C: float
+    max_iter: int
+    solver: str
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Evaluation settings."""
+
+    baseline: BaselineParams
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    """Model registry name and the champion gate."""
+
+    model_name: str
+    metric: str
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    """Tracking settings (the store itself comes from MLFLOW_TRACKING_URI or the repo root)."""
+
+    experiment: str
+
+
+@dataclass(frozen=True)
+class PathParams:
+    """Every file a stage reads or writes; dvc.yaml interpolates these same values."""
+
+    raw: str
+    prepared: str
+    model: str
+    history: str
+    run_info: str
+    metrics: str
+    registered: str
+
+
+@dataclass(frozen=True)
+class Params:
+    """All sections of params.yaml."""
+
+    data: DataParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    register: RegisterParams
+    mlflow: MlflowParams
+    paths: PathParams
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as a flat dict with dotted keys, for logging as MLflow params."""
+        return _flatten(dataclasses.asdict(getattr(self, name)), name)
+
+
+def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}"
+        flat.update(_flatten(value, name) if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check one leaf value against its annotated type; ints are accepted where floats are."""
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a schema bug, not user input
+        raise TypeError(f"unsupported type {tp!r} for {key}")
+    if not ok:
+        raise ParamsError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    """Build a dataclass from a mapping, failing on unknown, missing or mistyped keys."""
+    if not isinstance(tree, dict):
+        raise ParamsError(f"{prefix}: expected a mapping, got {type(tree).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(tree) - set(names))
+    if unknown:
+        raise ParamsError(f"unknown key {_join(prefix, unknown[0])} (allowed: {', '.join(names)})")
+    missing = [n for n in names if n not in tree]
+    if missing:
+        raise ParamsError(f"missing key {_join(prefix, missing[0])}")
+    values = {}
+    for name in names:
+        tp, key = hints[name], _join(prefix, name)
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, tree[name], key)
+        else:
+            values[name] = _coerce(tree[name], tp, key)
+    return cls(**values)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `section.key=value`; the value is parsed as YAML so `lr=0.5` is a float."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """Return a copy of the raw params tree with each override applied to an existing key."""
+    tree = _deep_copy(tree)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for depth, part in enumerate(path[:-1]):
+            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {text!r}: unknown section {'.'.join(path[: depth + 1])}")
+        if not isinstance(node, dict) or path[-1] not in node:
+            raise ParamsError(f"override {text!r}: unknown key {'.'.join(path)}")
+        node[path[-1]] = value
+    return tree
+
+
+def _deep_copy(tree: Any) -> Any:
+    return {k: _deep_copy(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
+
+
+def load_params(path: str | Path, overrides: typing.Iterable[str] = ()) -> Params:
+    """Read params.yaml, apply `section.key=value` overrides and validate every key."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path}: params file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        params = _build(Params, apply_overrides(tree or {}, overrides), "")
+        _check_ranges(params)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from exc
+    return params
+
+
+def _check_ranges(p: Params) -> None:
+    """Reject values that have the right type but no meaning."""
+    checks = [
+        ("data.test_size", 0.0 <= p.data.test_size < 1.0, "must be in [0, 1)"),
+        ("train.lr", p.train.lr > 0, "must be > 0"),
+        ("train.epochs", p.train.epochs >= 0, "must be >= 0"),
+        ("train.log_every", p.train.log_every >= 1, "must be >= 1"),
+        ("train.threshold", 0.0 < p.train.threshold < 1.0, "must be in (0, 1)"),
+        ("train.device", p.train.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
+        ("evaluate.baseline.C", p.evaluate.baseline.C > 0, "must be > 0"),
+        ("register.metric", p.register.metric in METRICS, f"must be one of {', '.join(METRICS)}"),
+        ("register.tolerance", p.register.tolerance >= 0, "must be >= 0"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            value = _lookup(p, key)
+            raise ParamsError(f"{key}: {why}, got {value!r}")
+
+
+def _lookup(p: Params, key: str) -> Any:
+    node: Any = p
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node

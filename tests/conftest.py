@@ -1,0 +1,86 @@
+"""Shared fixtures: a migrated sqlite MLflow store made once, and temp copies of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = [
+    "pipeline",
+    "data/raw",
+    "dvc.yaml",
+    "params.yaml",
+    "MLproject",
+    "python_env.yaml",
+    "requirements.txt",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated sqlite store; creating one costs seconds, copying it does not."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def store_uri(tmp_path: Path, template_store: Path) -> str:
+    """A fresh real sqlite store in this test's temp dir."""
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(template_store, db)
+    return f"sqlite:///{db}"
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses: this venv first on PATH, DVC quiet and self-contained."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.update(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
+    env.update(extra)
+    return env
+
+
+def sh(args: list[str], cwd: Path, env: dict[str, str], ok: bool = True) -> subprocess.CompletedProcess:
+    """Run a command, failing the test with its output when it exits non-zero unexpectedly."""
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if ok and proc.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def project(tmp_path: Path, template_store: Path) -> Path:
+    """The project copied into a temp git repo with one commit, its default store pre-created."""
+    root = tmp_path / "project"
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    shutil.copy(template_store, root / "mlflow.db")  # where the default URI points: <root>/mlflow.db
+    env = run_env(DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"))
+    sh(["git", "init", "-q"], root, env)
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-qm", "init"], root, env)
+    return root

@@ -1,0 +1,105 @@
+"""The CLI against a real sqlite MLflow store: runs, failures marked FAILED, outputs left intact."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path, store_uri, monkeypatch):
+    shutil.copytree(REPO / "data/raw", tmp_path / "data/raw")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return tmp_path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def runs(store_uri):
+    client = MlflowClient(store_uri)
+    exp = client.get_experiment_by_name("binary-classifier")
+    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
+
+
+def test_stages_in_order(workdir, store_uri):
+    assert invoke("prepare").exit_code == 0
+    result = invoke("train")
+    assert result.exit_code == 0, result.output
+    assert "Epoch 1000/1000 Cost: 0.019843 Accuracy 100.00%" in result.output
+    run_id = json.loads((workdir / "models/mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(store_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.lr"] == "1.0"
+    assert run.data.tags["pipeline.family"] == "model" and len(run.data.tags["pipeline.data_sha256"]) == 64
+    history = client.get_metric_history(run_id, "accuracy")
+    assert [m.step for m in history] == list(range(1001)) and history[10].value == pytest.approx(4 / 6)
+    assert (workdir / "models/history.csv").read_text().startswith("epoch,cost,accuracy\n0,0.5397")
+
+    assert invoke("evaluate").exit_code == 0
+    results = json.loads((workdir / "metrics/evaluate.json").read_text())
+    assert set(results) == {"model", "baseline"} and results["model"].keys() == results["baseline"].keys()
+    _, found = runs(store_uri)
+    families = {r.data.tags["pipeline.family"]: r for r in found}
+    assert set(families) == {"model", "baseline"}
+    model_keys = {k for k in families["model"].data.metrics if k.startswith("eval_")}
+    assert model_keys == set(families["baseline"].data.metrics) == {f"eval_{k}" for k in results["model"]}
+
+    result = invoke("register")
+    assert result.exit_code == 0, result.output
+    registered = json.loads((workdir / "models/registered.json").read_text())
+    assert registered["version"] == 1 and registered["aliases"] == ["challenger", "champion"]
+    # Unchanged inputs: no new version.
+    assert invoke("register").exit_code == 0
+    assert json.loads((workdir / "models/registered.json").read_text())["version"] == 1
+    assert len(MlflowClient(store_uri).search_model_versions("name = 'BinaryClassifier'")) == 1
+
+
+def test_bad_csv_fails_clearly_and_keeps_earlier_outputs(workdir):
+    assert invoke("prepare").exit_code == 0
+    before = (workdir / "data/prepared/X_train.npy").read_bytes()
+    (workdir / "data/raw/bad.csv").write_text("x1,x2,y\n1,2,0\n2,oops,1\n")
+    result = CliRunner().invoke(main, ["prepare", "--set", "data.source=data/raw/bad.csv"])
+    assert result.exit_code == 1
+    assert "data/raw/bad.csv, row 3, column 'x2': not a number: 'oops'" in result.output
+    assert (workdir / "data/prepared/X_train.npy").read_bytes() == before
+
+
+def test_bad_params_fail_by_key(workdir):
+    result = CliRunner().invoke(main, ["train", "--set", "train.lr=fast"])
+    assert result.exit_code == 1 and "train.lr: expected float, got str 'fast'" in result.output
+    (workdir / "params.yaml").write_text((workdir / "params.yaml").read_text().replace("lr: 1.0", "lr: 1.0\n  lrr: 2"))
+    result = CliRunner().invoke(main, ["prepare"])
+    assert result.exit_code == 1 and "unknown key train.lrr" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_failed_training_marks_the_run_failed_and_keeps_outputs(workdir, store_uri):
+    assert invoke("prepare").exit_code == 0
+    assert invoke("train").exit_code == 0
+    before = {p: (workdir / p).read_bytes() for p in ("models/model.pt", "models/mlflow_run.json")}
+    result = CliRunner().invoke(main, ["train", "--set", "train.device=cuda"])
+    assert result.exit_code == 1 and "'cuda' was requested but is not available" in result.output
+    _, found = runs(store_uri)
+    assert sorted(r.info.status for r in found) == ["FAILED", "FINISHED"]
+    assert {p: (workdir / p).read_bytes() for p in before} == before
+
+
+def test_missing_training_run_is_a_clear_error(workdir, tmp_path):
+    assert invoke("prepare").exit_code == 0
+    assert invoke("train").exit_code == 0
+    (workdir / "models/mlflow_run.json").write_text('{"run_id": "0123456789abcdef0123456789abcdef"}')
+    result = CliRunner().invoke(main, ["evaluate"])
+    assert result.exit_code == 1 and "is not in the store" in result.output

@@ -1,0 +1,114 @@
+"""End to end in a temp git repo: real `dvc repro`, `dvc exp run`, `mlflow run`, registry loads."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import REPO, run_env, sh
+
+pytestmark = pytest.mark.slow
+TUTORIAL_PROBA = [2.7616e-04, 3.1595e-02, 3.8959e-02, 9.5624e-01, 9.9823e-01, 9.9969e-01]
+LOAD_CHAMPION = """
+import json, sys
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model("models:/BinaryClassifier@champion")
+rows = pd.DataFrame([[1, 2], [2, 3], [3, 1], [4, 3], [5, 3], [6, 2]], columns=["x1", "x2"], dtype="float64")
+out = model.predict(rows)
+print(json.dumps({"p": out["probability"].tolist(), "label": out["label"].tolist()}))
+"""
+
+
+def dvc(project: Path, *args: str, ok: bool = True):
+    env = run_env(DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
+    return sh([str(Path(sys.executable).parent / "dvc"), *args], project, env, ok=ok)
+
+
+def test_dvc_repro_end_to_end(project, tmp_path):
+    out = dvc(project, "repro").stdout
+    assert "Epoch 1000/1000 Cost: 0.019843 Accuracy 100.00%" in out
+    assert "W = [[3.2534, 1.5181]], b = [-14.4839]" in out
+    uri = f"sqlite:///{project / 'mlflow.db'}"  # the default store, anchored on the repo root
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("binary-classifier")
+    assert exp.artifact_location == (project / "mlartifacts").as_uri()
+    found = {r.data.tags["pipeline.family"]: r for r in client.search_runs([exp.experiment_id])}
+    assert set(found) == {"model", "baseline"}
+    commit = sh(["git", "rev-parse", "HEAD"], project, run_env()).stdout.strip()
+    for run in found.values():
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.source.git.commit"] == commit
+    assert len(client.get_metric_history(found["model"].info.run_id, "cost")) == 1001
+    registered = json.loads((project / "models/registered.json").read_text())
+    assert registered["version"] == 1 and set(registered["aliases"]) == {"champion", "challenger"}
+    assert registered["run_id"] == found["model"].info.run_id
+
+    # Outputs DVC knows about.
+    metrics = dvc(project, "metrics", "show", "--json").stdout
+    assert '"roc_auc"' in metrics
+    plots = dvc(project, "plots", "show", "-o", str(tmp_path / "plots")).stdout
+    assert (tmp_path / "plots" / "index.html").exists(), plots
+
+    # Nothing changed: nothing runs.
+    again = dvc(project, "repro").stdout
+    assert "Running stage" not in again and "up to date" in again
+
+    # The champion loads in a fresh process, from the registry, and predicts the tutorial.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = sh([sys.executable, "-c", LOAD_CHAMPION], elsewhere, run_env(MLFLOW_TRACKING_URI=uri))
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [float(f"{p:.4e}") for p in answer["p"]] == TUTORIAL_PROBA
+    assert answer["label"] == [0, 0, 0, 1, 1, 1]
+
+    # Re-running every stage with the same inputs makes no new version.
+    dvc(project, "repro", "--force")
+    assert len(client.search_model_versions("name = 'BinaryClassifier'")) == 1
+
+    # An experiment in a temp workspace logs into the same store at the repo root.
+    dvc(project, "exp", "run", "--temp", "-S", "train.epochs=200")
+    epochs = [r.data.params.get("train.epochs") for r in client.search_runs([exp.experiment_id])]
+    assert "200" in epochs
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_mlflow_run_logs_into_its_own_run(project):
+    env = run_env(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    proc = sh(
+        [mlflow_bin, "run", ".", "--env-manager", "local", "--experiment-name", "binary-classifier", "-P", "lr=0.5"],
+        project,
+        env,
+    )
+    run_id = re.search(r"=== Run \(ID '([0-9a-f]+)'\) succeeded ===", proc.stdout + proc.stderr).group(1)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.5" and run.data.tags["pipeline.family"] == "model"
+    assert "eval_roc_auc" in run.data.metrics and len(client.get_metric_history(run_id, "cost")) == 1001
+    assert json.loads((project / "models/mlflow_run.json").read_text())["run_id"] == run_id
+    assert json.loads((project / "models/registered.json").read_text())["run_id"] == run_id
+
+
+def test_mlflow_run_rejects_a_mistyped_parameter(project):
+    env = run_env(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    proc = sh([mlflow_bin, "run", ".", "--env-manager", "local", "-P", "epochs=1.5"], project, env, ok=False)
+    assert proc.returncode != 0 and "train.epochs: expected int, got float 1.5" in proc.stdout + proc.stderr
+
+
+def test_mlproject_defaults_equal_params_yaml():
+    mlproject = yaml.safe_load((REPO / "MLproject").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    checked = 0
+    for name, entry in mlproject["entry_points"].items():
+        for key, param in re.findall(r"--set ([\w.]+)=\{(\w+)\}", entry["command"]):
+            section, field = key.split(".")
+            default = yaml.safe_load(str(entry["parameters"][param]["default"]))
+            assert default == params[section][field], f"MLproject {name}.{param} != params.yaml {key}"
+            checked += 1
+        assert set(entry.get("parameters", {})) == set(re.findall(r"\{(\w+)\}", entry["command"])), name
+    assert checked >= 14

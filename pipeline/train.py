@@ -13,6 +13,7 @@ from pipeline.model import BinaryClassifier
 from pipeline.params import TrainParams
 
 LOG_LINE = "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%"
+MAX_KEPT_ELEMENTS = 1 << 24  # hypotheses kept for end-of-training scoring: at most 64 MiB of float32
 
 
 class DeviceError(ValueError):
@@ -69,10 +70,16 @@ def train(
     x_train = torch.as_tensor(X, dtype=torch.float32, device=device)
     y_train = torch.as_tensor(y, dtype=torch.float32, device=device).reshape(-1, 1)
     weights = list(model.parameters())
-    # History stays on the device: no host sync per epoch, only at log lines.
-    cost_hist = torch.empty(params.epochs + 1, device=device)
-    correct_hist = torch.empty(params.epochs + 1, device=device)
     n = y_train.shape[0]
+
+    def correct(hypothesis: torch.Tensor) -> torch.Tensor:
+        return ((hypothesis >= params.threshold) == y_train).sum()
+
+    # History stays on the device, no host sync per epoch (only at log lines). On small data the
+    # hypotheses themselves are kept and scored once at the end: cheaper than a reduction per epoch.
+    keep_hypotheses = (params.epochs + 1) * n <= MAX_KEPT_ELEMENTS
+    costs: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
     for epoch in range(params.epochs + 1):
         hypothesis = model(x_train)
         cost = F.binary_cross_entropy(hypothesis, y_train)
@@ -81,14 +88,18 @@ def train(
         cost.backward()
         with torch.no_grad():
             sgd_step(weights, params.lr)
-            # Accuracy of this epoch's hypothesis, i.e. before the update, as the tutorial reports it.
-            cost_hist[epoch] = cost
-            correct_hist[epoch] = ((hypothesis >= params.threshold) == y_train).sum()
+        # Accuracy of this epoch's hypothesis, i.e. before the update, as the tutorial reports it.
+        costs.append(cost.detach())
+        outputs.append(hypothesis.detach() if keep_hypotheses else correct(hypothesis.detach()))
         if epoch % params.log_every == 0 or epoch == params.epochs:
-            log(LOG_LINE.format(epoch, params.epochs, cost.item(), correct_hist[epoch].item() / n * 100))
+            hits = correct(outputs[-1]) if keep_hypotheses else outputs[-1]
+            log(LOG_LINE.format(epoch, params.epochs, cost.item(), hits.item() / n * 100))
+    with torch.no_grad():
+        stacked = torch.stack(outputs)
+        hits = ((stacked >= params.threshold) == y_train).sum((1, 2)) if keep_hypotheses else stacked
     return TrainResult(
         model=model.cpu(),
-        cost=cost_hist.cpu().numpy().astype(np.float64),
-        accuracy=correct_hist.cpu().numpy().astype(np.float64) / n,
+        cost=torch.stack(costs).cpu().numpy().astype(np.float64),
+        accuracy=hits.cpu().numpy().astype(np.float64) / n,
         device=str(device),
     )

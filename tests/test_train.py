@@ -133,3 +133,14 @@ def test_cuda_training_matches_cpu_closely(tutorial):
     gpu = train(table.X, table.y, params.train, torch.device("cuda"), lambda _: None)
     assert gpu.device.startswith("cuda") and next(gpu.model.parameters()).device.type == "cpu"
     assert np.allclose(gpu.cost, result.cost, atol=1e-5)
+
+
+def test_large_data_history_path_gives_the_same_numbers(tutorial, monkeypatch):
+    import pipeline.train
+
+    params, table, result, _ = tutorial
+    monkeypatch.setattr(pipeline.train, "MAX_KEPT_ELEMENTS", 0)  # per-epoch reduction instead of kept outputs
+    lines: list[str] = []
+    streamed = train(table.X, table.y, params.train, torch.device("cpu"), lines.append)
+    assert lines == TUTORIAL_LINES
+    assert np.array_equal(streamed.cost, result.cost) and np.array_equal(streamed.accuracy, result.accuracy)

@@ -39,7 +39,10 @@ def bare_loop(x_train: torch.Tensor, y_train: torch.Tensor, epochs: int) -> None
             prediction = hypothesis >= torch.FloatTensor([0.5])
             correct_prediction = prediction.float() == y_train
             accuracy = correct_prediction.sum().item() / len(correct_prediction)
-            "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%".format(epoch, epochs, cost.item(), accuracy * 100)
+            log = "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%".format(  # noqa: UP032 - the tutorial's line
+                epoch, epochs, cost.item(), accuracy * 100
+            )
+            assert log
 
 
 def main() -> None:

@@ -87,6 +87,7 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
 def log_model(run_id: str, checkpoint: Path, features: tuple[str, ...], example: np.ndarray) -> str:
     """Log the pyfunc (loader module + checkpoint + our package) into the run; returns its URI."""
     import mlflow
+    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
@@ -96,8 +97,6 @@ def log_model(run_id: str, checkpoint: Path, features: tuple[str, ...], example:
         inputs=Schema([ColSpec("double", f) for f in features]),
         outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
     )
-    import pandas as pd
-
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",

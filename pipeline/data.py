@@ -219,10 +219,15 @@ def save_prepared(directory: str | Path, p: Prepared) -> str:
     return digest
 
 
+def read_meta(directory: str | Path) -> dict:
+    """meta.json alone (features, split, scaling, sha256) without loading the arrays."""
+    return files.read_json(Path(directory) / "meta.json")
+
+
 def load_prepared(directory: str | Path) -> Prepared:
     """Read what save_prepared wrote."""
     directory = Path(directory)
-    meta = files.read_json(directory / "meta.json")
+    meta = read_meta(directory)
     arrays = {}
     for name in _ARRAYS:
         file = directory / f"{name}.npy"

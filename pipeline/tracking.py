@@ -127,13 +127,15 @@ def log_metrics(mlflow_client: MlflowClient, run_id: str, metrics: Mapping[str, 
     mlflow_client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def log_history(mlflow_client: MlflowClient, run_id: str, series: Mapping[str, Any]) -> None:
+def log_history(mlflow_client: MlflowClient, run_id: str, series: Mapping[str, Any], first_step: int = 0) -> None:
     """Per-epoch series (step = epoch) in batches of MLflow's 1000-metric limit, not one call each."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     metrics = [
-        Metric(key, value, now, step) for key, values in series.items() for step, value in enumerate(map(float, values))
+        Metric(key, value, now, step)
+        for key, values in series.items()
+        for step, value in enumerate(map(float, values), start=first_step)
     ]
     for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
         mlflow_client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])

@@ -13,7 +13,8 @@ from pipeline.model import BinaryClassifier
 from pipeline.params import TrainParams
 
 LOG_LINE = "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%"
-MAX_KEPT_ELEMENTS = 1 << 24  # hypotheses kept for end-of-training scoring: at most 64 MiB of float32
+MAX_KEPT_ELEMENTS = 1 << 24  # hypotheses kept between log lines: at most 64 MiB of float32
+HistoryCallback = Callable[[int, np.ndarray, np.ndarray], None]
 
 
 class DeviceError(ValueError):
@@ -63,8 +64,13 @@ def train(
     params: TrainParams,
     device: torch.device,
     log: Callable[[str], None] = print,
+    on_history: HistoryCallback | None = None,
 ) -> TrainResult:
-    """Full-batch SGD on binary cross entropy for epochs+1 steps, exactly as the tutorial."""
+    """Full-batch SGD on binary cross entropy for epochs+1 steps, exactly as the tutorial.
+
+    At each log line the epochs since the previous one go to on_history(first_epoch, cost, accuracy),
+    so a tracker can persist them while training goes on.
+    """
     torch.manual_seed(params.seed)  # before the model: the seed fixes nn.Linear's initial weights
     model = BinaryClassifier(X.shape[1]).to(device)
     x_train = torch.as_tensor(X, dtype=torch.float32, device=device)
@@ -73,13 +79,16 @@ def train(
     n = y_train.shape[0]
 
     def correct(hypothesis: torch.Tensor) -> torch.Tensor:
-        return ((hypothesis >= params.threshold) == y_train).sum()
+        return ((hypothesis >= params.threshold) == y_train).sum(dim=(-2, -1))
 
-    # History stays on the device, no host sync per epoch (only at log lines). On small data the
-    # hypotheses themselves are kept and scored once at the end: cheaper than a reduction per epoch.
-    keep_hypotheses = (params.epochs + 1) * n <= MAX_KEPT_ELEMENTS
+    # History stays on the device between log lines, the only host syncs. On small data the
+    # hypotheses themselves are kept and scored per chunk: cheaper than a reduction per epoch.
+    keep_hypotheses = (params.log_every + 1) * n <= MAX_KEPT_ELEMENTS
     costs: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
+    cost_parts: list[np.ndarray] = []
+    accuracy_parts: list[np.ndarray] = []
+    first = 0
     for epoch in range(params.epochs + 1):
         hypothesis = model(x_train)
         cost = F.binary_cross_entropy(hypothesis, y_train)
@@ -92,14 +101,14 @@ def train(
         costs.append(cost.detach())
         outputs.append(hypothesis.detach() if keep_hypotheses else correct(hypothesis.detach()))
         if epoch % params.log_every == 0 or epoch == params.epochs:
-            hits = correct(outputs[-1]) if keep_hypotheses else outputs[-1]
-            log(LOG_LINE.format(epoch, params.epochs, cost.item(), hits.item() / n * 100))
-    with torch.no_grad():
-        stacked = torch.stack(outputs)
-        hits = ((stacked >= params.threshold) == y_train).sum((1, 2)) if keep_hypotheses else stacked
-    return TrainResult(
-        model=model.cpu(),
-        cost=torch.stack(costs).cpu().numpy().astype(np.float64),
-        accuracy=hits.cpu().numpy().astype(np.float64) / n,
-        device=str(device),
-    )
+            stacked = torch.stack(outputs)
+            hits = correct(stacked) if keep_hypotheses else stacked
+            chunk_cost = torch.stack(costs).cpu().numpy().astype(np.float64)
+            chunk_accuracy = hits.cpu().numpy().astype(np.float64) / n
+            log(LOG_LINE.format(epoch, params.epochs, chunk_cost[-1], chunk_accuracy[-1] * 100))
+            if on_history is not None:
+                on_history(first, chunk_cost, chunk_accuracy)
+            cost_parts.append(chunk_cost)
+            accuracy_parts.append(chunk_accuracy)
+            costs, outputs, first = [], [], epoch + 1
+    return TrainResult(model.cpu(), np.concatenate(cost_parts), np.concatenate(accuracy_parts), str(device))

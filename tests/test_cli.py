@@ -1,6 +1,7 @@
 """The CLI against a real sqlite MLflow store: runs, failures marked FAILED, outputs left intact."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -114,7 +115,5 @@ def test_child_process_outcomes():
     with pytest.raises(ValueError, match="invalid literal") as raised:
         InChild(int, "x").result()
     assert any("in the int process" in note for note in raised.value.__notes__)
-    import os
-
     with pytest.raises(RuntimeError, match=r"the _exit process died \(exit code 3\)"):
         InChild(os._exit, 3).result()

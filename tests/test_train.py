@@ -144,3 +144,12 @@ def test_large_data_history_path_gives_the_same_numbers(tutorial, monkeypatch):
     streamed = train(table.X, table.y, params.train, torch.device("cpu"), lines.append)
     assert lines == TUTORIAL_LINES
     assert np.array_equal(streamed.cost, result.cost) and np.array_equal(streamed.accuracy, result.accuracy)
+
+
+def test_history_chunks_arrive_at_log_lines_and_cover_every_epoch(tutorial):
+    params, table, result, _ = tutorial
+    chunks: list[tuple[int, np.ndarray, np.ndarray]] = []
+    train(table.X, table.y, params.train, torch.device("cpu"), lambda _: None, lambda *chunk: chunks.append(chunk))
+    assert [first for first, _, _ in chunks] == [0, 1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+    assert np.array_equal(np.concatenate([c for _, c, _ in chunks]), result.cost)
+    assert np.array_equal(np.concatenate([a for _, _, a in chunks]), result.accuracy)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 from pipeline import data, tracking
-from pipeline.cli import InChild, fit, log_chunk
+from pipeline.child import InChild
+from pipeline.cli import fit, log_chunk
 from pipeline.params import load_params
 from pipeline.train import train
 

@@ -109,7 +109,7 @@ def test_missing_training_run_is_a_clear_error(workdir, tmp_path):
 
 
 def test_child_process_outcomes():
-    from pipeline.cli import InChild
+    from pipeline.child import InChild
 
     assert InChild(sum, [1, 2, 3]).result() == 6
     with pytest.raises(ValueError, match="invalid literal") as raised:

@@ -314,7 +314,7 @@ def do_register(
     """Stage body: one version per distinct checkpoint; aliases moved by the gate."""
     import mlflow
 
-    from pipeline import data, evaluate, registry
+    from pipeline import data, registry
     from pipeline.model import load_checkpoint
 
     p = ctx.params.register
@@ -335,32 +335,11 @@ def do_register(
             tags = {registry.SHA_TAG: sha, tracking.DATA_HASH_TAG: prepared.sha256}
             version = mlflow.register_model(model_uri, p.model_name, tags=tags)
             client.set_registered_model_alias(p.model_name, registry.CHALLENGER, version.version)
-        model_score, baseline_score = results["model"][p.metric], results["baseline"][p.metric]
-        champion = registry.champion_version(client, p.model_name)
-        if champion is not None and champion.version == version.version:
-            decision = registry.Decision(
-                True, f"v{version.version} is already the champion", p.metric, model_score, baseline_score
-            )
-        else:
-            champion_score = None
-            if champion is not None:
-                proba = registry.score_version(p.model_name, champion.version, prepared.X_test, prepared.features)
-                if proba is None:
-                    raise ValueError(
-                        f"champion v{champion.version} of {p.model_name} expects other features than "
-                        f"{prepared.features}; use another register.model_name for this data"
-                    )
-                champion_score = evaluate.scores(prepared.y_test, proba, config.threshold)[p.metric]
-            decision = registry.gate(
-                p.metric,
-                model_score,
-                baseline_score,
-                p.tolerance,
-                champion_score,
-                None if champion is None else champion.version,
-            )
-            if decision.promote:
-                client.set_registered_model_alias(p.model_name, registry.CHAMPION, version.version)
+        decision = registry.champion_decision(
+            client, p, version.version, results, prepared.X_test, prepared.y_test, prepared.features, config.threshold
+        )
+        if decision.promote:
+            client.set_registered_model_alias(p.model_name, registry.CHAMPION, version.version)
         summary = registry.summary(client, p.model_name, version, new, decision)
         files.write_json(out, summary)
     click.echo(registration_line(summary))

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.params import METRICS
+from pipeline.evaluate import scores
+from pipeline.params import METRICS, RegisterParams
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -120,6 +121,34 @@ def score_version(name: str, version: str, X: np.ndarray, features: tuple[str, .
     if tuple(expected) != tuple(features):
         return None
     return loaded.predict(pd.DataFrame(X.astype(np.float64), columns=list(features)))["probability"].to_numpy()
+
+
+def champion_decision(
+    client: MlflowClient,
+    p: RegisterParams,
+    version: str,
+    results: dict[str, dict[str, float]],
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    features: tuple[str, ...],
+    threshold: float,
+) -> Decision:
+    """Gate `version` against the baseline and against the current champion re-scored on this test data."""
+    model, baseline = results["model"][p.metric], results["baseline"][p.metric]
+    champion = champion_version(client, p.model_name)
+    if champion is None:
+        return gate(p.metric, model, baseline, p.tolerance)
+    if str(champion.version) == str(version):
+        return Decision(True, f"v{version} is already the champion", p.metric, model, baseline)
+    proba = score_version(p.model_name, champion.version, X_test, features)
+    if proba is None:
+        why = (
+            f"champion v{champion.version} takes other features than {list(features)}: not comparable; "
+            "register models for this data under another register.model_name"
+        )
+        return Decision(False, why, p.metric, model, baseline, champion_version=champion.version)
+    champion_score = scores(y_test, proba, threshold)[p.metric]
+    return gate(p.metric, model, baseline, p.tolerance, champion_score, champion.version)
 
 
 def summary(client: MlflowClient, name: str, version: ModelVersion, new: bool, decision: Decision) -> dict[str, Any]:

@@ -117,3 +117,24 @@ def test_child_process_outcomes():
     assert any("in the int process" in note for note in raised.value.__notes__)
     with pytest.raises(RuntimeError, match=r"the _exit process died \(exit code 3\)"):
         InChild(os._exit, 3).result()
+
+
+def test_champion_moves_only_through_the_gate(workdir, store_uri):
+    def pipeline_run(*overrides):
+        args = [x for o in overrides for x in ("--set", o)]
+        result = CliRunner().invoke(main, ["run", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads((workdir / "models/registered.json").read_text())
+
+    first = pipeline_run()
+    assert first["version"] == 1 and first["aliases"] == ["challenger", "champion"]
+    # Barely trained: roc_auc 8/9 against the baseline's 1.0, so challenger only.
+    weak = pipeline_run("train.epochs=1", "train.lr=0.001")
+    assert weak["version"] == 2 and weak["aliases"] == ["challenger"] and not weak["decision"]["promote"]
+    assert "worse than the baseline" in weak["decision"]["reason"]
+    # Other features than the champion's: registered, but never compared as if alike.
+    other = pipeline_run("data.source=breast_cancer", "data.test_size=0.2", "data.standardize=true")
+    assert other["version"] == 3 and not other["decision"]["promote"]
+    assert "not comparable" in other["decision"]["reason"]
+    champion = MlflowClient(store_uri).get_model_version_by_alias("BinaryClassifier", "champion")
+    assert str(champion.version) == "1"

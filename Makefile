@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test lint bench ui clean
+.PHONY: run test lint bench ui serve clean
+PORT ?= 5001
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +27,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	python benchmarks/tracking_overhead.py
 	python benchmarks/repro_time.py
+	python benchmarks/serving.py
 
 ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+# The champion from this store, served by `mlflow models serve` with this venv's uvicorn.
+serve: $(STAMP)
+	python -m pipeline serve --port $(PORT)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts mlruns data/prepared models metrics dvc.lock

@@ -80,7 +80,7 @@ def _path(ctx: Context, key: str, given: str | None) -> Path:
 
 @click.group()
 def main() -> None:
-    """BinaryClassifier pipeline: prepare, train, evaluate, register (or `run` for all)."""
+    """BinaryClassifier pipeline: prepare, train, evaluate, register (or `run` for all); predict and serve."""
 
 
 # ---------------------------------------------------------------- prepare
@@ -327,11 +327,13 @@ def do_register(
     client = tracking.client(ctx.uri)
     run = _training_run(client, run_info_path, ctx.uri)
     with tracking.failing_run(client, run):
-        sha = registry.fingerprint(checkpoint)
+        model_config = ctx.params.serve.model_config()
+        sha = registry.fingerprint(checkpoint, model_config)
         version = registry.find_version(client, p.model_name, sha)
         new = version is None
         if new:
-            model_uri = registry.log_model(run.run_id, model_path, config.features, prepared.X_test[:5])
+            spec = registry.pyfunc_spec(model_path, config.features, prepared.X_test[:5], model_config)
+            model_uri = registry.log_model(run.run_id, spec)
             tags = {registry.SHA_TAG: sha, tracking.DATA_HASH_TAG: prepared.sha256}
             version = mlflow.register_model(model_uri, p.model_name, tags=tags)
             client.set_registered_model_alias(p.model_name, registry.CHALLENGER, version.version)
@@ -353,6 +355,75 @@ def registration_line(summary: dict[str, Any]) -> str:
         f"{summary['name']} v{summary['version']} ({state}; {aliases}): "
         f"{'champion' if summary['decision']['promote'] else 'not champion'}: {summary['decision']['reason']}"
     )
+
+
+# ---------------------------------------------------------------- predict / serve
+def champion_uri(ctx: Context) -> str:
+    """The registry URI of this project's champion."""
+    from pipeline.registry import CHAMPION
+
+    return f"models:/{ctx.params.register.model_name}@{CHAMPION}"
+
+
+@main.command()
+@stage
+@click.option("--model", "model_uri", default=None, help="MLflow model URI [default: models:/<name>@champion]")
+@click.option("--input", "input_path", required=True, type=click.Path(), help="CSV or Parquet file to score")
+@click.option("--output", "output_path", required=True, type=click.Path(), help="CSV or Parquet file to write")
+@click.option("--keep", multiple=True, metavar="COLUMN", help="Input column to copy to the output (e.g. an id).")
+def predict(ctx: Context, model_uri: str | None, input_path: str, output_path: str, keep: tuple[str, ...]) -> None:
+    """Score a file in chunks of serve.batch_rows rows: probability and label per row."""
+    do_predict(ctx, model_uri or champion_uri(ctx), Path(input_path), Path(output_path), keep)
+
+
+def do_predict(ctx: Context, model_uri: str, input_path: Path, output_path: Path, keep: tuple[str, ...]) -> None:
+    """Load the model through MLflow (as the server does) and score the file into an atomic output."""
+    import mlflow
+
+    from pipeline import batch
+
+    source = batch.open_source(input_path)  # fail on a bad input before loading anything
+    batch.file_format(output_path)
+    mlflow.set_tracking_uri(ctx.uri)
+    mlflow.set_registry_uri(ctx.uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    features = tuple(model.metadata.get_input_schema().input_names())
+    rows = ctx.params.serve.batch_rows
+    show = sys.stderr.isatty()
+    started = time.perf_counter()
+    with click.progressbar(length=source.total, label=f"scoring {input_path}", file=sys.stderr) as bar:
+        n = batch.score_file(
+            model.predict,
+            features,
+            source,
+            output_path,
+            rows,
+            keep,
+            on_chunk=lambda chunk: bar.update(chunk.done - bar.pos) if show else None,
+        )
+    seconds = time.perf_counter() - started
+    click.echo(f"scored {n} rows with {model_uri} -> {output_path} in {seconds:.2f} s ({n / seconds:,.0f} rows/s)")
+
+
+@main.command()
+@stage
+@click.option("--model", "model_uri", default=None, help="MLflow model URI [default: models:/<name>@champion]")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5001, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int)
+def serve(ctx: Context, model_uri: str | None, host: str, port: int, workers: int) -> None:
+    """Run `mlflow models serve` on the champion, with this store and this venv's uvicorn."""
+    import os
+    import shlex
+
+    uri = model_uri or champion_uri(ctx)
+    bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` starts `uvicorn` from PATH
+    path = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.uri, "PATH": path}
+    args = ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", host, "-p", str(port)]
+    args += ["-w", str(workers)]
+    click.echo(f"MLFLOW_TRACKING_URI={ctx.uri} {shlex.join(args)}", err=True)
+    os.execve(str(Path(bin_dir) / "mlflow"), args, env)
 
 
 # ---------------------------------------------------------------- run / report

@@ -77,6 +77,7 @@ def standardize(X: np.ndarray, config: ModelConfig) -> np.ndarray:
 
 def predict_proba(model: BinaryClassifier, config: ModelConfig, X_raw: np.ndarray) -> np.ndarray:
     """Probabilities for raw feature rows: the path evaluate, register and serving all share."""
-    X = torch.from_numpy(np.ascontiguousarray(standardize(X_raw, config)))
+    device = model.linear.weight.device  # CPU unless the loader was asked for another device
+    X = torch.from_numpy(np.ascontiguousarray(standardize(X_raw, config))).to(device)
     with torch.no_grad():
-        return model(X).reshape(-1).numpy().astype(np.float64)
+        return model(X).reshape(-1).cpu().numpy().astype(np.float64)

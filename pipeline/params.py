@@ -76,6 +76,19 @@ class RegisterParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    """How the registered model serves (logged as its MLflow model_config) and batch scoring's chunk."""
+
+    device: str
+    max_request_mb: float
+    batch_rows: int
+
+    def model_config(self) -> dict[str, Any]:
+        """The pyfunc model_config register logs; overridable at load/serve time."""
+        return {"device": self.device, "max_request_bytes": int(self.max_request_mb * 2**20)}
+
+
+@dataclass(frozen=True)
 class MlflowParams:
     """Tracking settings (the store itself comes from MLFLOW_TRACKING_URI or the repo root)."""
 
@@ -103,6 +116,7 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     register: RegisterParams
+    serve: ServeParams
     mlflow: MlflowParams
     paths: PathParams
 
@@ -224,6 +238,9 @@ def _check_ranges(p: Params) -> None:
         ("evaluate.baseline.C", p.evaluate.baseline.C > 0, "must be > 0"),
         ("register.metric", p.register.metric in METRICS, f"must be one of {', '.join(METRICS)}"),
         ("register.tolerance", p.register.tolerance >= 0, "must be >= 0"),
+        ("serve.device", p.serve.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
+        ("serve.max_request_mb", p.serve.max_request_mb > 0, "must be > 0"),
+        ("serve.batch_rows", p.serve.batch_rows >= 1, "must be >= 1"),
     ]
     for key, ok, why in checks:
         if not ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -59,9 +60,10 @@ def gate(
     return Decision(True, why, **facts)
 
 
-def fingerprint(checkpoint: bytes) -> str:
-    """Identity of a model: the checkpoint holds weights, features, scaling and threshold."""
-    return hashlib.sha256(checkpoint).hexdigest()
+def fingerprint(checkpoint: bytes, model_config: dict[str, Any]) -> str:
+    """Identity of a model: the checkpoint (weights, features, scaling, threshold) and how it serves."""
+    serving = json.dumps(model_config, sort_keys=True).encode()
+    return hashlib.sha256(checkpoint + b"\0" + serving).hexdigest()
 
 
 def pip_requirements() -> list[str]:
@@ -85,30 +87,40 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
         return None
 
 
-def log_model(run_id: str, checkpoint: Path, features: tuple[str, ...], example: np.ndarray) -> str:
-    """Log the pyfunc (loader module + checkpoint + our package) into the run; returns its URI."""
-    import mlflow
+def pyfunc_spec(
+    checkpoint: Path, features: tuple[str, ...], example: np.ndarray, model_config: dict[str, Any]
+) -> dict[str, Any]:
+    """Arguments of mlflow.pyfunc.log_model/save_model for our model (loader module, no pickle).
+
+    Columns are `double`: MLflow's REST parser casts JSON and CSV numbers to it, and float32 and
+    float64 frames pass; MLflow itself refuses int64 frames from Python as a lossy cast.
+    """
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     import pipeline
 
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("double", f) for f in features]),
-        outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
+    return dict(
+        loader_module="pipeline.serving",
+        data_path=str(checkpoint),
+        code_paths=[str(Path(pipeline.__file__).parent)],
+        signature=ModelSignature(
+            inputs=Schema([ColSpec("double", f) for f in features]),
+            outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
+        ),
+        input_example=pd.DataFrame(example.astype(np.float64), columns=list(features)),
+        pip_requirements=pip_requirements(),
+        model_config=model_config,
     )
+
+
+def log_model(run_id: str, spec: dict[str, Any]) -> str:
+    """Log the pyfunc described by `spec` into the run; returns its URI."""
+    import mlflow
+
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            loader_module="pipeline.serving",
-            data_path=str(checkpoint),
-            code_paths=[str(Path(pipeline.__file__).parent)],
-            signature=signature,
-            input_example=pd.DataFrame(example.astype(np.float64), columns=list(features)),
-            pip_requirements=pip_requirements(),
-        )
-    return info.model_uri
+        return mlflow.pyfunc.log_model(name="model", **spec).model_uri
 
 
 def score_version(name: str, version: str, X: np.ndarray, features: tuple[str, ...]) -> np.ndarray | None:

@@ -1,0 +1,347 @@
+"""The registered model served by a real `mlflow models serve` process, over real HTTP, and batch scoring."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.model import load_checkpoint, predict_proba
+from pipeline.serving import InputError, feature_matrix
+
+from .conftest import REPO, run_env, sh
+
+TUTORIAL_X = [[1, 2], [2, 3], [3, 1], [4, 3], [5, 3], [6, 2]]
+TUTORIAL_P = [2.7616e-04, 3.1595e-02, 3.8959e-02, 9.5624e-01, 9.9823e-01, 9.9969e-01]  # DESIGN.md
+CHAMPION = "models:/BinaryClassifier@champion"
+MAX_BODY = 65536  # a small limit for the test server, so "oversized" stays cheap
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory, template_store: Path) -> tuple[Path, str]:
+    """A project dir whose store holds the tutorial model as @champion (the full pipeline, once)."""
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(REPO / "data/raw", root / "data/raw")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    shutil.copy(template_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    sh([sys.executable, "-m", "pipeline", "run"], root, run_env(MLFLOW_TRACKING_URI=uri))
+    return root, uri
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(registered: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory):
+    """`mlflow models serve` on the champion, from a directory outside the repo, pickle loading off."""
+    _, uri = registered
+    cwd = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = (cwd / "server.log").open("w")
+    env = run_env(
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false",
+        SERVING_MODEL_CONFIG=json.dumps({"max_request_bytes": MAX_BODY}),
+    )
+    env.pop("PYTHONPATH", None)
+    args = ["mlflow", "models", "serve", "-m", CHAMPION, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while request(port, "GET", "/ping")[0] != 200:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"server did not start:\n{(cwd / 'server.log').read_text()}")
+        time.sleep(0.3)
+    yield port, cwd / "server.log"
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, body text) from one HTTP request; (0, error) when nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return 0, str(exc)
+    finally:
+        conn.close()
+
+
+def invoke_json(port: int, payload) -> tuple[int, dict]:
+    status, text = request(port, "POST", "/invocations", json.dumps(payload).encode(), JSON)
+    return status, json.loads(text)
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def pipeline_proba(root: Path, X) -> np.ndarray:
+    """The pipeline's own prediction: the train stage's checkpoint through the shared scoring path."""
+    model, config = load_checkpoint(root / "models/model.pt")
+    return predict_proba(model, config, np.asarray(X, dtype=np.float64))
+
+
+# ---------------------------------------------------------------- served answers
+def test_tutorial_probabilities_over_http(server, registered):
+    port, _ = server
+    status, answer = invoke_json(port, {"dataframe_split": {"columns": ["x1", "x2"], "data": TUTORIAL_X}})
+    assert status == 200
+    proba = [row["probability"] for row in answer["predictions"]]
+    assert proba == pytest.approx(TUTORIAL_P, rel=2e-4)
+    np.testing.assert_array_equal(proba, pipeline_proba(registered[0], TUTORIAL_X))
+    assert [row["label"] for row in answer["predictions"]] == [0, 0, 0, 1, 1, 1]
+
+
+ROWS = [{"x1": 1, "x2": 2}, {"x1": 6, "x2": 2}]
+PAYLOADS = {
+    "split_ints": {"dataframe_split": {"columns": ["x1", "x2"], "data": [[1, 2], [6, 2]]}},
+    "split_float32": {"dataframe_split": {"columns": ["x1", "x2"], "data": np.float32([[1, 2], [6, 2]]).tolist()}},
+    "split_reordered": {"dataframe_split": {"columns": ["x2", "x1"], "data": [[2.0, 1.0], [2.0, 6.0]]}},
+    "records": {"dataframe_records": ROWS},
+    "inputs_columns": {"inputs": {"x1": [1, 6], "x2": [2.0, 2.0]}},
+    "inputs_records": {"inputs": ROWS},
+    "instances": {"instances": ROWS},
+}
+
+
+@pytest.mark.parametrize("name", PAYLOADS)
+def test_every_mlflow_payload_gives_the_same_answer(server, registered, name):
+    port, _ = server
+    status, answer = invoke_json(port, PAYLOADS[name])
+    assert status == 200, answer
+    expected = pipeline_proba(registered[0], [[1, 2], [6, 2]])
+    assert [r["probability"] for r in answer["predictions"]] == pytest.approx(expected, abs=1e-12)
+    assert [r["label"] for r in answer["predictions"]] == [0, 1]
+
+
+def test_csv_and_parquet_bodies(server, registered):
+    port, _ = server
+    expected = pipeline_proba(registered[0], [[1, 2], [6, 2]])
+    status, text = request(port, "POST", "/invocations", b"x1,x2\n1,2\n6,2\n", {"Content-Type": "text/csv"})
+    assert status == 200 and [r["probability"] for r in json.loads(text)["predictions"]] == pytest.approx(expected)
+    buffer = io.BytesIO()
+    pd.DataFrame({"x1": [1.0, 6.0], "x2": [2.0, 2.0]}).to_parquet(buffer)
+    headers = {"Content-Type": "application/vnd.apache.parquet"}
+    status, text = request(port, "POST", "/invocations", buffer.getvalue(), headers)
+    assert status == 200 and [r["probability"] for r in json.loads(text)["predictions"]] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"dataframe_split": {"columns": ["x1", "x2"], "data": []}},
+        {"dataframe_split": {"data": []}},
+        {"dataframe_records": []},
+        {"inputs": []},
+        {"instances": []},
+    ],
+)
+def test_empty_batch_answers_an_empty_list(server, payload):
+    assert invoke_json(server[0], payload) == (200, {"predictions": []})
+
+
+def test_extra_columns_are_ignored_with_a_warning_in_the_log(server):
+    port, log = server
+    status, answer = invoke_json(port, {"dataframe_records": [{"x1": 1, "x2": 2, "id": 7}]})
+    assert status == 200 and len(answer["predictions"]) == 1
+    assert "Found extra inputs" in log.read_text()
+
+
+# ---------------------------------------------------------------- bad requests
+def split(data, columns=("x1", "x2")) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": list(columns), "data": data}}).encode()
+
+
+BIG = split([[1.5, 2.5]] * 6000)  # over MAX_BODY
+BAD = {
+    "missing column": (split([[1]], ["x1"]), JSON, 400, "missing inputs ['x2']"),
+    "string": (split([["abc", 2]]), JSON, 400, "could not convert string to float: 'abc'"),
+    "NaN": (b'{"dataframe_split": {"columns": ["x1", "x2"], "data": [[NaN, 2]]}}', JSON, 400, "column 'x1'"),
+    "inf": (b'{"dataframe_split": {"columns": ["x1", "x2"], "data": [[1, -Infinity]]}}', JSON, 400, "column 'x2'"),
+    "null": (split([[1, 2], [None, 2]]), JSON, 400, "row 2, column 'x1': missing"),
+    "beyond float32": (split([[1e39, 2]]), JSON, 400, "beyond float32"),
+    "malformed JSON": (b'{"dataframe_split": ', JSON, 400, "valid JSON"),
+    "not a payload": (b'{"rows": [[1, 2]]}', JSON, 400, "exactly one of the input fields"),
+    "wrong content type": (split([[1, 2]]), {"Content-Type": "text/plain"}, 415, "content types"),
+    "no content type": (split([[1, 2]]), {}, 415, "missing Content-Type"),
+    "unparseable CSV": (b'x1,x2\n"1,2\n', {"Content-Type": "text/csv"}, 400, "CSV"),
+    "CSV string": (b"x1,x2\nabc,2\n", {"Content-Type": "text/csv"}, 400, "could not convert"),
+    "oversized body": (BIG, JSON, 413, f"over the limit of {MAX_BODY} bytes"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_request_is_a_clear_4xx_and_the_server_keeps_serving(server, case):
+    port, _ = server
+    body, headers, expected_status, fragment = BAD[case]
+    status, text = request(port, "POST", "/invocations", body, headers)
+    assert status == expected_status, text
+    assert fragment in text
+    assert "stack_trace" not in text and "Traceback" not in text
+    assert request(port, "GET", "/ping")[0] == 200
+
+
+def test_oversized_chunked_body_is_refused_while_reading(server):
+    port, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    chunks = (BIG[i : i + 8192] for i in range(0, len(BIG), 8192))  # no Content-Length: counted as read
+    try:
+        conn.request("POST", "/invocations", body=chunks, headers=JSON, encode_chunked=True)
+        response = conn.getresponse()
+        assert response.status == 413 and b"over the limit" in response.read()
+    finally:
+        conn.close()
+    assert request(port, "GET", "/ping")[0] == 200
+
+
+# ---------------------------------------------------------------- the logged model, from Python
+@pytest.mark.filterwarnings("ignore:``mlflow.models.utils.validate_serving_input`` is deprecated")
+def test_logged_example_validates_for_serving(registered):
+    import mlflow
+    from mlflow.models import validate_serving_input
+    from mlflow.models.utils import load_serving_example
+
+    mlflow.set_tracking_uri(registered[1])
+    mlflow.set_registry_uri(registered[1])
+    example = load_serving_example(CHAMPION)
+    answer = validate_serving_input(CHAMPION, example)
+    assert list(answer.columns) == ["probability", "label"] and len(answer) == 5
+
+
+def test_fresh_process_loads_from_the_registry_alone_without_pickle(registered, tmp_path):
+    code = (
+        "import mlflow, pandas as pd, numpy as np, json\n"
+        f"m = mlflow.pyfunc.load_model({CHAMPION!r})\n"
+        "import pipeline\n"
+        "out = {t: m.predict(pd.DataFrame({'x1': np.array([1, 6], dtype=t), 'x2': np.array([2, 2], dtype=t)}))"
+        "['probability'].tolist() for t in ('float32', 'float64')}\n"
+        "print(json.dumps({'module': pipeline.__file__, **out}))\n"
+    )
+    env = run_env(MLFLOW_TRACKING_URI=registered[1], MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
+    out = json.loads(sh([sys.executable, "-c", code], tmp_path, env).stdout.strip().splitlines()[-1])
+    assert not Path(out["module"]).is_relative_to(REPO)  # the code/ copy inside the model, not the repo
+    expected = pipeline_proba(registered[0], [[1, 2], [6, 2]])
+    assert out["float32"] == pytest.approx(expected, abs=1e-12) and out["float64"] == out["float32"]
+
+
+def test_device_comes_from_model_config(registered):
+    import mlflow
+
+    mlflow.set_tracking_uri(registered[1])
+    mlflow.set_registry_uri(registered[1])
+    frame = pd.DataFrame({"x1": [1.0, 6.0], "x2": [2.0, 2.0]})
+    expected = pipeline_proba(registered[0], [[1, 2], [6, 2]])
+    if torch.cuda.is_available():
+        gpu = mlflow.pyfunc.load_model(CHAMPION, model_config={"device": "cuda"})
+        assert gpu.predict(frame)["probability"].to_numpy() == pytest.approx(expected, abs=1e-6)
+    else:
+        with pytest.raises(ValueError, match="'cuda' was requested but is not available"):
+            mlflow.pyfunc.load_model(CHAMPION, model_config={"device": "cuda"})
+    cpu = mlflow.pyfunc.load_model(CHAMPION)
+    assert cpu.predict(frame)["probability"].to_numpy() == pytest.approx(expected, abs=1e-12)
+
+
+# ---------------------------------------------------------------- shared input checks
+def test_feature_matrix_accepts_numbers_and_names_bad_cells():
+    features = ("x1", "x2")
+    frame = pd.DataFrame({"x2": np.float32([2, 3]), "x1": np.int64([1, 2]), "id": ["a", "b"]})
+    np.testing.assert_array_equal(feature_matrix(frame, features), [[1, 2], [2, 3]])
+    assert feature_matrix(pd.DataFrame({"x1": [True], "x2": [0]}), features).tolist() == [[1.0, 0.0]]
+    cases = [
+        (pd.DataFrame({"x1": [1.0]}), "missing column(s) ['x2']"),
+        (pd.DataFrame({"x1": [1.0, 2.0], "x2": [1.0, "two"]}), "row 11, column 'x2': not a number: 'two'"),
+        (pd.DataFrame({"x1": [1.0, np.nan], "x2": [1.0, 2.0]}), "row 11, column 'x1': missing"),
+        (pd.DataFrame({"x1": [1.0], "x2": [np.inf]}), "row 10, column 'x2'"),
+    ]
+    for frame, message in cases:
+        with pytest.raises(InputError, match=rf"^{message[:12]}") as info:
+            feature_matrix(frame, features, first_row=10)
+        assert message in str(info.value)
+
+
+# ---------------------------------------------------------------- batch scoring
+def predict_cli(registered, *args):
+    root, uri = registered
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        return CliRunner().invoke(main, ["predict", *args], env={"MLFLOW_TRACKING_URI": uri}, catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def test_batch_scoring_csv_and_parquet_in_chunks(registered, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 8, size=(25, 2))
+    frame = pd.DataFrame({"id": np.arange(25), "x1": X[:, 0], "x2": X[:, 1], "other": "z"})
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    frame.to_parquet(tmp_path / "in.parquet")
+    expected = pipeline_proba(registered[0], X)
+    for src, dst in [("in.csv", "out.csv"), ("in.parquet", "out.parquet"), ("in.csv", "out2.parquet")]:
+        result = predict_cli(
+            registered,
+            "--input",
+            str(tmp_path / src),
+            "--output",
+            str(tmp_path / dst),
+            "--keep",
+            "id",
+            "--set",
+            "serve.batch_rows=7",
+        )
+        assert result.exit_code == 0, result.output
+        assert "scored 25 rows" in result.output
+        out = pd.read_csv(tmp_path / dst) if dst.endswith(".csv") else pd.read_parquet(tmp_path / dst)
+        assert list(out.columns) == ["id", "probability", "label"]
+        np.testing.assert_array_equal(out["id"], np.arange(25))
+        np.testing.assert_allclose(out["probability"], expected, rtol=0, atol=1e-15)
+        np.testing.assert_array_equal(out["label"], (expected >= 0.5).astype(int))
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("x1,x2\n1,2\n3,abc\n", "in.csv, row 3, column 'x2': not a number: 'abc'"),
+        ("x1,x2\n1,2\n3,\n", "in.csv, row 3, column 'x2': missing, NaN or infinite value"),
+        ("x1,x3\n1,2\n", "in.csv: missing column(s) ['x2']"),
+        ("", "in.csv: empty file"),
+    ],
+)
+def test_batch_scoring_errors_name_the_cell_and_keep_earlier_output(registered, tmp_path, content, message):
+    (tmp_path / "in.csv").write_text(content)
+    out = tmp_path / "out.csv"
+    out.write_text("earlier output\n")
+    result = predict_cli(registered, "--input", str(tmp_path / "in.csv"), "--output", str(out))
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert out.read_text() == "earlier output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
+
+
+def test_batch_scoring_rejects_unknown_file_types(registered, tmp_path):
+    (tmp_path / "in.txt").write_text("x1,x2\n1,2\n")
+    result = predict_cli(registered, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "o.csv"))
+    assert result.exit_code == 1 and "in.txt: unknown file type" in result.output

@@ -108,6 +108,8 @@ def build_models(tmp: Path) -> dict[str, Path]:
         loader_module="identity_model",
         code_paths=[str(tmp / "identity_model.py")],
         signature=spec["signature"],
+        input_example=spec["input_example"],
+        pip_requirements=spec["pip_requirements"],
     )
     return {**paths, "checkpoint": checkpoint}
 

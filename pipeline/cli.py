@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
@@ -388,18 +389,18 @@ def do_predict(ctx: Context, model_uri: str, input_path: Path, output_path: Path
     mlflow.set_registry_uri(ctx.uri)
     model = mlflow.pyfunc.load_model(model_uri)
     features = tuple(model.metadata.get_input_schema().input_names())
-    rows = ctx.params.serve.batch_rows
-    show = sys.stderr.isatty()
+    bar = click.progressbar(length=source.total, label=f"scoring {input_path}", file=sys.stderr)
+    tty = sys.stderr.isatty()  # a bar only on a terminal
     started = time.perf_counter()
-    with click.progressbar(length=source.total, label=f"scoring {input_path}", file=sys.stderr) as bar:
+    with bar if tty else contextlib.nullcontext(bar):
         n = batch.score_file(
             model.predict,
             features,
             source,
             output_path,
-            rows,
+            ctx.params.serve.batch_rows,
             keep,
-            on_chunk=lambda chunk: bar.update(chunk.done - bar.pos) if show else None,
+            on_chunk=lambda chunk: bar.update(chunk.done - bar.pos) if tty else None,
         )
     seconds = time.perf_counter() - started
     click.echo(f"scored {n} rows with {model_uri} -> {output_path} in {seconds:.2f} s ({n / seconds:,.0f} rows/s)")

@@ -92,15 +92,15 @@ class Scorer:
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> Scorer:
     """MLflow's loader_module entry point; model_config comes from register (overridable when loading)."""
-    config = model_config or {}
-    model, model_config_ = load_checkpoint(data_path)
-    device = config.get("device", "cpu")  # CPU unless asked, even on a CUDA host
+    settings = model_config or {}
+    model, config = load_checkpoint(data_path)
+    device = settings.get("device", "cpu")  # CPU unless asked, even on a CUDA host
     if device != "cpu":
         from pipeline.train import resolve_device
 
-        model = model.to(resolve_device(device))
-    serving = guard_scoring_server(int(config.get("max_request_bytes") or 0))
-    return Scorer(model, model_config_, records=serving)
+        model = model.to(resolve_device(device, key="model_config device"))
+    serving = guard_scoring_server(int(settings.get("max_request_bytes") or 0))
+    return Scorer(model, config, records=serving)
 
 
 # ---------------------------------------------------------------- request guard

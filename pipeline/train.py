@@ -21,7 +21,7 @@ class DeviceError(ValueError):
     """The requested device is not available on this machine."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
     """Auto picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
     mps = getattr(torch.backends, "mps", None)
     available = {
@@ -32,9 +32,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
     if name not in available:
-        raise DeviceError(f"train.device: unknown device {name!r} (auto, cpu, cuda, mps)")
+        raise DeviceError(f"{key}: unknown device {name!r} (auto, cpu, cuda, mps)")
     if not available[name]:
-        raise DeviceError(f"train.device: {name!r} was requested but is not available on this machine")
+        raise DeviceError(f"{key}: {name!r} was requested but is not available on this machine")
     return torch.device(name)
 
 

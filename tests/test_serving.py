@@ -345,3 +345,24 @@ def test_batch_scoring_rejects_unknown_file_types(registered, tmp_path):
     (tmp_path / "in.txt").write_text("x1,x2\n1,2\n")
     result = predict_cli(registered, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "o.csv"))
     assert result.exit_code == 1 and "in.txt: unknown file type" in result.output
+
+
+def test_scaling_travels_inside_the_logged_model(tmp_path):
+    import mlflow
+
+    from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes
+    from pipeline.registry import pyfunc_spec
+
+    torch.manual_seed(0)
+    config = ModelConfig(3, ("a", "b", "c"), 0.3, mean=(10.0, -2.0, 0.5), scale=(4.0, 0.5, 2.0))
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes(BinaryClassifier(3), config))
+    X = np.random.default_rng(1).normal(5, 3, size=(20, 3))
+    spec = pyfunc_spec(checkpoint, config.features, X[:2], {"device": "cpu", "max_request_bytes": MAX_BODY})
+    mlflow.pyfunc.save_model(tmp_path / "pyfunc", **spec)
+    answer = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(pd.DataFrame(X, columns=["a", "b", "c"]))
+    model, loaded = load_checkpoint(checkpoint)
+    expected = predict_proba(model, loaded, X)
+    np.testing.assert_array_equal(answer["probability"], expected)
+    np.testing.assert_array_equal(answer["label"], (expected >= 0.3).astype(int))
+    assert not np.allclose(expected, predict_proba(model, ModelConfig(3, config.features, 0.3), X))

@@ -154,19 +154,21 @@ def fit(emit: Callable[[HistoryChunk], None], data_dir: Path, params: TrainParam
     """Load the prepared data, train on the chosen device, serialise (runs in the child process)."""
     from pipeline import data
     from pipeline import train as training
-    from pipeline.model import ModelConfig, checkpoint_bytes, standardize
+    from pipeline.model import ModelConfig, checkpoint_bytes
 
     prepared = data.load_prepared(data_dir)
     config = ModelConfig(len(prepared.features), prepared.features, params.threshold, prepared.mean, prepared.scale)
     device = training.resolve_device(params.device)
     started = time.monotonic()  # system-wide clock: comparable with the parent's
     result = training.train(
-        standardize(prepared.X_train, config),
+        prepared.X_train,  # raw: the scaling is folded into the model, never a scaled copy
         prepared.y_train,
         params,
         device,
         _print_now,
         lambda first, cost, accuracy: emit(HistoryChunk(first, cost, accuracy)),
+        mean=prepared.mean,
+        scale=prepared.scale,
     )
     w, b = result.model.linear.weight.tolist(), result.model.linear.bias.tolist()
     weights = f"W = {[[round(v, 4) for v in row] for row in w]}, b = {[round(v, 4) for v in b]}"

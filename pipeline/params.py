@@ -16,6 +16,7 @@ class ParamsError(ValueError):
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+OPTIMIZERS = ("sgd", "adam", "lbfgs")
 # Metric name -> True when higher is better; evaluate computes exactly these.
 METRICS = {
     "accuracy": True,
@@ -40,7 +41,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """The tutorial's training loop settings."""
+    """The tutorial's training loop settings, plus the optimizer, batch size and L2 penalty."""
 
     seed: int
     lr: float
@@ -48,6 +49,9 @@ class TrainParams:
     device: str
     log_every: int
     threshold: float
+    optimizer: str
+    batch_size: int | None
+    C: float | None
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,15 @@ def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check one leaf value against its annotated type; ints are accepted where floats are."""
+    args = typing.get_args(tp)
+    if type(None) in args:  # `X | None`: empty or null means None
+        if value is None or value == "":
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
@@ -147,7 +160,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     else:  # pragma: no cover - a schema bug, not user input
         raise TypeError(f"unsupported type {tp!r} for {key}")
     if not ok:
-        raise ParamsError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        allowed = f"{tp.__name__} or null" if args else tp.__name__
+        raise ParamsError(f"{key}: expected {allowed}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -235,6 +249,14 @@ def _check_ranges(p: Params) -> None:
         ("train.log_every", p.train.log_every >= 1, "must be >= 1"),
         ("train.threshold", 0.0 < p.train.threshold < 1.0, "must be in (0, 1)"),
         ("train.device", p.train.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
+        ("train.optimizer", p.train.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
+        ("train.batch_size", p.train.batch_size is None or p.train.batch_size >= 1, "must be >= 1 or null"),
+        ("train.C", p.train.C is None or p.train.C > 0, "must be > 0 or null"),
+        (
+            "train.batch_size",
+            p.train.optimizer != "lbfgs" or p.train.batch_size is None,
+            "must be null (full batch) with train.optimizer lbfgs",
+        ),
         ("evaluate.baseline.C", p.evaluate.baseline.C > 0, "must be > 0"),
         ("register.metric", p.register.metric in METRICS, f"must be one of {', '.join(METRICS)}"),
         ("register.tolerance", p.register.tolerance >= 0, "must be >= 0"),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from pipeline.model import BinaryClassifier
 from pipeline.params import TrainParams
@@ -58,6 +59,97 @@ class TrainResult:
     device: str
 
 
+@dataclass(frozen=True)
+class Shard:
+    """A process's rows in a data-parallel run; the default is a single process with every row."""
+
+    rank: int = 0
+    world: int = 1
+    n_total: int | None = None  # rows over all processes
+
+
+class Logits(nn.Module):
+    """BinaryClassifier's logit on raw rows, its standardisation folded into the weights.
+
+    Computing X @ (W / scale) + (b - (W / scale) . mean) trains W on standardised features without
+    ever materialising a scaled copy of X; without scaling it is exactly nn.Linear.
+    """
+
+    def __init__(self, model: BinaryClassifier, mean: torch.Tensor | None, scale: torch.Tensor | None) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, shape (N, 1)."""
+        linear = self.model.linear
+        if self.scale is None:
+            return linear(x)
+        weight = linear.weight / self.scale
+        return F.linear(x, weight, linear.bias - weight @ self.mean)
+
+
+class _History:
+    """Per-epoch cost and hits kept on the device; moved to the host only at log lines."""
+
+    def __init__(
+        self,
+        shard: Shard,
+        log: Callable[[str], None],
+        on_history: HistoryCallback | None,
+        score: Callable[[torch.Tensor], torch.Tensor] = lambda hits: hits,
+    ) -> None:
+        self.shard, self.log, self.on_history = shard, log, on_history
+        self.score = score  # turns what add() kept into hit counts, at flush time
+        self.costs: list[torch.Tensor] = []
+        self.kept: list[torch.Tensor] = []
+        self.counts: list[int] = []
+        self.cost_parts: list[np.ndarray] = []
+        self.accuracy_parts: list[np.ndarray] = []
+        self.first = 0
+
+    def add(self, cost: torch.Tensor, kept: torch.Tensor, count: int) -> None:
+        """One epoch: mean cost over the `count` rows this process scored, and hits (or hypotheses to score)."""
+        self.costs.append(cost.detach())
+        self.kept.append(kept.detach())
+        self.counts.append(count)
+
+    def flush(self, epoch: int, total: int) -> None:
+        """Print the log line for `epoch` and hand the epochs since the last line to on_history."""
+        cost = torch.stack(self.costs)
+        hits = self.score(torch.stack(self.kept)).to(cost.dtype)
+        counts = torch.tensor(self.counts, dtype=cost.dtype, device=cost.device)
+        if self.shard.world > 1:  # mean cost and hits over every process's rows: one collective per log line
+            import torch.distributed as dist
+
+            sums = torch.stack([cost * counts, hits, counts])
+            dist.all_reduce(sums)
+            counts, hits = sums[2], sums[1]
+            cost = sums[0] / counts
+        chunk_cost = cost.cpu().numpy().astype(np.float64)
+        chunk_accuracy = hits.cpu().numpy().astype(np.float64) / counts.cpu().numpy().astype(np.float64)
+        self.log(LOG_LINE.format(epoch, total, chunk_cost[-1], chunk_accuracy[-1] * 100))
+        if self.on_history is not None:
+            self.on_history(self.first, chunk_cost, chunk_accuracy)
+        self.cost_parts.append(chunk_cost)
+        self.accuracy_parts.append(chunk_accuracy)
+        self.costs, self.kept, self.counts, self.first = [], [], [], epoch + 1
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every epoch's cost and accuracy."""
+        return np.concatenate(self.cost_parts), np.concatenate(self.accuracy_parts)
+
+
+def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """float32 on the device, placed once; a writable float32 array on the CPU is shared, not copied."""
+    return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
+
+
+def _vector(values: tuple[float, ...] | None, device: torch.device) -> torch.Tensor | None:
+    return None if values is None else torch.tensor(values, dtype=torch.float32, device=device)
+
+
 def train(
     X: np.ndarray,
     y: np.ndarray,
@@ -65,50 +157,167 @@ def train(
     device: torch.device,
     log: Callable[[str], None] = print,
     on_history: HistoryCallback | None = None,
+    mean: tuple[float, ...] | None = None,
+    scale: tuple[float, ...] | None = None,
+    shard: Shard = Shard(),
 ) -> TrainResult:
-    """Full-batch SGD on binary cross entropy for epochs+1 steps, exactly as the tutorial.
+    """Train BinaryClassifier on raw rows with the chosen optimizer; sgd full batch is the tutorial exactly.
 
-    At each log line the epochs since the previous one go to on_history(first_epoch, cost, accuracy),
-    so a tracker can persist them while training goes on.
+    Epoch e's cost and accuracy are those of the model before epoch e's update (for lbfgs: of each
+    evaluation, one pass over the data). At each log line the epochs since the previous one go to
+    on_history(first_epoch, cost, accuracy), so a tracker can persist them while training goes on.
     """
     torch.manual_seed(params.seed)  # before the model: the seed fixes nn.Linear's initial weights
     model = BinaryClassifier(X.shape[1]).to(device)
-    x_train = torch.as_tensor(X, dtype=torch.float32, device=device)
-    y_train = torch.as_tensor(y, dtype=torch.float32, device=device).reshape(-1, 1)
+    x_train = _as_tensor(X, device)
+    y_train = _as_tensor(y, device).reshape(-1, 1)
+    n_local = y_train.shape[0]
+    n_total = shard.n_total or n_local
+    net: nn.Module = Logits(model, _vector(mean, device), _vector(scale, device))
+    if shard.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(net)  # averages gradients over processes, every step
     weights = list(model.parameters())
-    n = y_train.shape[0]
+    # DDP averages over processes: weighting each process's mean by its share makes it the mean over all rows.
+    share = n_local * shard.world / n_total
+    l2 = 0.0 if params.C is None else 1.0 / (params.C * n_total)  # scikit-learn: C * sum(loss) + ||W||^2 / 2
 
-    def correct(hypothesis: torch.Tensor) -> torch.Tensor:
-        return ((hypothesis >= params.threshold) == y_train).sum(dim=(-2, -1))
+    reduce_in = torch.float64 if params.optimizer == "lbfgs" and device.type != "mps" else None  # no fp64 on mps
 
-    # History stays on the device between log lines, the only host syncs. On small data the
-    # hypotheses themselves are kept and scored per chunk: cheaper than a reduction per epoch.
-    keep_hypotheses = (params.log_every + 1) * n <= MAX_KEPT_ELEMENTS
-    costs: list[torch.Tensor] = []
-    outputs: list[torch.Tensor] = []
-    cost_parts: list[np.ndarray] = []
-    accuracy_parts: list[np.ndarray] = []
-    first = 0
+    def correct(hypothesis: torch.Tensor, target: torch.Tensor = y_train) -> torch.Tensor:
+        return ((hypothesis >= params.threshold) == target).sum(dim=(-2, -1))
+
+    def objective(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss to differentiate, mean cost of these rows, hypothesis); sgd keeps the tutorial's form."""
+        logits = net(xb)
+        hypothesis = torch.sigmoid(logits)
+        if params.optimizer == "sgd":
+            cost = F.binary_cross_entropy(hypothesis, yb)
+        elif reduce_in is None:  # from logits: accurate near probabilities 0 and 1
+            cost = F.binary_cross_entropy_with_logits(logits, yb)
+        else:  # L-BFGS's line search compares losses that differ by ~1e-9: sum them in float64
+            cost = F.binary_cross_entropy_with_logits(logits.to(reduce_in), yb.to(reduce_in))
+        loss = cost if share == 1.0 else cost * share
+        if l2:
+            loss = loss + 0.5 * l2 * model.linear.weight.square().sum()
+        return loss, cost, hypothesis
+
+    if params.optimizer == "lbfgs":
+        history = _History(shard, log, on_history)
+        _lbfgs(params, weights, lambda: objective(x_train, y_train), correct, history, shard, n_total, n_local)
+        cost, accuracy = history.arrays()
+        return TrainResult(model.cpu(), cost, accuracy, str(device))
+
+    step = _optimizer(params, weights)
+    full_batch = params.batch_size is None or params.batch_size >= n_local and shard.world == 1
+    # On small full-batch data the hypotheses themselves are kept and scored per log chunk:
+    # cheaper than a reduction per epoch.
+    keep = full_batch and (params.log_every + 1) * n_local <= MAX_KEPT_ELEMENTS
+    history = _History(shard, log, on_history, score=correct) if keep else _History(shard, log, on_history)
+    batches = None if full_batch else _batches(params, shard, n_local, n_total, device)
     for epoch in range(params.epochs + 1):
-        hypothesis = model(x_train)
-        cost = F.binary_cross_entropy(hypothesis, y_train)
-        for w in weights:  # optimizer.zero_grad()
-            w.grad = None
-        cost.backward()
-        with torch.no_grad():
-            sgd_step(weights, params.lr)
-        # Accuracy of this epoch's hypothesis, i.e. before the update, as the tutorial reports it.
-        costs.append(cost.detach())
-        outputs.append(hypothesis.detach() if keep_hypotheses else correct(hypothesis.detach()))
+        if batches is None:
+            loss, cost, hypothesis = objective(x_train, y_train)
+            for w in weights:  # optimizer.zero_grad()
+                w.grad = None
+            loss.backward()
+            step()
+            # Accuracy of this epoch's hypothesis, i.e. before the update, as the tutorial reports it.
+            history.add(cost, hypothesis if keep else correct(hypothesis.detach()), n_local)
+        else:
+            cost_sum = torch.zeros((), device=device)
+            hits = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            for idx in batches():
+                xb, yb = x_train[idx], y_train[idx]
+                loss, cost, hypothesis = objective(xb, yb)
+                for w in weights:
+                    w.grad = None
+                loss.backward()
+                step()
+                cost_sum += cost.detach() * idx.shape[0]
+                hits += correct(hypothesis.detach(), yb)
+                seen += idx.shape[0]
+            history.add(cost_sum / seen, hits, seen)
         if epoch % params.log_every == 0 or epoch == params.epochs:
-            stacked = torch.stack(outputs)
-            hits = correct(stacked) if keep_hypotheses else stacked
-            chunk_cost = torch.stack(costs).cpu().numpy().astype(np.float64)
-            chunk_accuracy = hits.cpu().numpy().astype(np.float64) / n
-            log(LOG_LINE.format(epoch, params.epochs, chunk_cost[-1], chunk_accuracy[-1] * 100))
-            if on_history is not None:
-                on_history(first, chunk_cost, chunk_accuracy)
-            cost_parts.append(chunk_cost)
-            accuracy_parts.append(chunk_accuracy)
-            costs, outputs, first = [], [], epoch + 1
-    return TrainResult(model.cpu(), np.concatenate(cost_parts), np.concatenate(accuracy_parts), str(device))
+            history.flush(epoch, params.epochs)
+    cost, accuracy = history.arrays()
+    return TrainResult(model.cpu(), cost, accuracy, str(device))
+
+
+def _optimizer(params: TrainParams, weights: list[torch.Tensor]) -> Callable[[], None]:
+    """The update after backward(): sgd written out (see sgd_step), adam from torch.optim."""
+    if params.optimizer == "sgd":
+
+        def step() -> None:
+            with torch.no_grad():
+                sgd_step(weights, params.lr)
+
+        return step
+    adam = torch.optim.Adam(weights, lr=params.lr)
+    return adam.step
+
+
+def _batches(
+    params: TrainParams, shard: Shard, n_local: int, n_total: int, device: torch.device
+) -> Callable[[], list[torch.Tensor]]:
+    """Per epoch, a seeded shuffle cut into batch_size slices; every process takes the same number of steps."""
+    size = int(params.batch_size or n_local)
+    steps = -(-n_total // (shard.world * size))  # DDP needs the same count on every process
+    generator = torch.Generator(device=device)
+    generator.manual_seed(params.seed + shard.rank)
+
+    def epoch() -> list[torch.Tensor]:
+        order = torch.randperm(n_local, generator=generator, device=device)
+        starts = [(k * size) % n_local for k in range(steps)]  # a shorter shard wraps around
+        return [order[s : s + size] for s in starts]
+
+    return epoch
+
+
+def _lbfgs(
+    params: TrainParams,
+    weights: list[torch.Tensor],
+    objective: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    correct: Callable[[torch.Tensor], torch.Tensor],
+    history: _History,
+    shard: Shard,
+    n_total: int,
+    n_local: int,
+) -> None:
+    """Full-batch L-BFGS with a strong-Wolfe line search; every evaluation is an epoch of the history."""
+    optimizer = torch.optim.LBFGS(
+        weights,
+        lr=params.lr,
+        max_iter=params.epochs,
+        max_eval=params.epochs + 1,  # epochs + 1 passes, as the first-order optimizers make
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+    )
+    evaluations = [0]
+
+    def closure() -> torch.Tensor:
+        for w in weights:
+            w.grad = None
+        loss, cost, hypothesis = objective()
+        loss.backward()
+        history.add(cost, correct(hypothesis.detach()), n_local)
+        epoch = evaluations[0]
+        evaluations[0] += 1
+        if epoch % params.log_every == 0:
+            history.flush(epoch, params.epochs)
+        value = loss.detach()
+        if shard.world > 1:  # the line search needs the loss over all rows, as DDP gives the gradient
+            import torch.distributed as dist
+
+            data = cost.detach() * (n_local / n_total)
+            dist.all_reduce(data)
+            value = data + (value - cost.detach() * (n_local * shard.world / n_total))
+        return value
+
+    optimizer.step(closure)
+    if history.costs:
+        history.flush(evaluations[0] - 1, params.epochs)

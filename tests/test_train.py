@@ -153,3 +153,61 @@ def test_history_chunks_arrive_at_log_lines_and_cover_every_epoch(tutorial):
     assert [first for first, _, _ in chunks] == [0, 1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
     assert np.array_equal(np.concatenate([c for _, c, _ in chunks]), result.cost)
     assert np.array_equal(np.concatenate([a for _, _, a in chunks]), result.accuracy)
+
+
+# ---------------------------------------------------------------- optimizers, L2, folded scaling
+def standardized_breast_cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    X, y = bunch.data.astype(np.float32), bunch.target.astype(np.float32)
+    return X, y, tuple(X.mean(0, dtype=np.float64)), tuple(X.std(0, dtype=np.float64))
+
+
+def quiet_train(X, y, overrides, mean=None, scale=None):
+    params = load_params(REPO / "params.yaml", [*overrides, "train.log_every=100000"]).train
+    return train(X, y, params, torch.device("cpu"), lambda line: None, mean=mean, scale=scale)
+
+
+def sklearn_weights(X, y, mean, scale, C):
+    from sklearn.linear_model import LogisticRegression
+
+    Xs = (X.astype(np.float64) - np.asarray(mean)) / np.asarray(scale)
+    fitted = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(Xs, y)
+    return fitted.coef_.ravel(), fitted.intercept_[0]
+
+
+def test_lbfgs_with_matched_C_equals_sklearn_within_1e_3():
+    X, y, mean, scale = standardized_breast_cancer()  # correlated features: a hard case in float32
+    result = quiet_train(X, y, ["train.optimizer=lbfgs", "train.C=0.5", "train.epochs=500"], mean, scale)
+    coef, intercept = sklearn_weights(X, y, mean, scale, C=0.5)
+    assert np.abs(result.model.linear.weight.detach().numpy().ravel() - coef).max() < 1e-3
+    assert abs(result.model.linear.bias.item() - intercept) < 1e-3
+
+
+def test_folded_scaling_equals_training_on_a_scaled_copy():
+    X, y, mean, scale = standardized_breast_cancer()
+    folded = quiet_train(X, y, ["train.optimizer=adam", "train.lr=0.05", "train.epochs=30", "train.C=1"], mean, scale)
+    scaled = ((X - np.float32(mean)) / np.float32(scale)).astype(np.float32)
+    copy = quiet_train(scaled, y, ["train.optimizer=adam", "train.lr=0.05", "train.epochs=30", "train.C=1"])
+    np.testing.assert_allclose(folded.cost, copy.cost, rtol=1e-4)
+    np.testing.assert_allclose(folded.model.linear.weight.detach(), copy.model.linear.weight.detach(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.optimizer=adam", "train.lr=0.05", "train.epochs=40"],
+        ["train.optimizer=sgd", "train.lr=0.1", "train.epochs=20", "train.batch_size=64"],
+        ["train.optimizer=adam", "train.lr=0.01", "train.epochs=10", "train.batch_size=100", "train.C=1"],
+    ],
+)
+def test_optimizers_learn_and_repeat_exactly(overrides):
+    X, y, mean, scale = standardized_breast_cancer()
+    first = quiet_train(X, y, overrides, mean, scale)
+    again = quiet_train(X, y, overrides, mean, scale)
+    epochs = int(next(o for o in overrides if o.startswith("train.epochs")).split("=")[1])
+    assert first.cost.shape == first.accuracy.shape == (epochs + 1,)
+    assert first.cost[-1] < first.cost[0] / 3 and first.accuracy[-1] > 0.95
+    np.testing.assert_array_equal(first.cost, again.cost)
+    np.testing.assert_array_equal(first.model.linear.weight.detach(), again.model.linear.weight.detach())

@@ -96,14 +96,14 @@ def prepare(ctx: Context, prepared: str | None) -> None:
 def do_prepare(ctx: Context, out: Path) -> None:
     """Stage body: load, validate, split, write atomically."""
     from pipeline import data
+    from pipeline.sources import open_source
 
     p = ctx.params.data
-    table = data.load_source(p.source, p.label)
-    prepared = data.prepare(table, p.test_size, p.seed, p.standardize)
-    digest = data.save_prepared(out, prepared)
+    source = open_source(p.source, p.label, p.features, p.synthetic.n_samples, p.synthetic.n_features, p.seed)
+    meta = data.prepare_dir(out, source, p.test_size, p.seed, p.standardize)
     click.echo(
-        f"prepared {len(prepared.y_train)} train / {len(prepared.y_test)} {prepared.evaluated_on} rows, "
-        f"{len(prepared.features)} features from {p.source} -> {out} (sha256 {digest[:12]})"
+        f"prepared {meta['n_train']} train / {meta['n_test']} {meta['evaluated_on']} rows, "
+        f"{len(meta['features'])} features from {source.origin} -> {out} (sha256 {meta['sha256'][:12]})"
     )
 
 

@@ -1,28 +1,28 @@
-"""Data sources, validation, the stratified split, standardisation and prepared-data I/O."""
+"""The prepare stage's data path: validate streamed rows, split, standardise, write memory-mappable arrays.
+
+Rows stream from pipeline.sources in chunks into a .npy file on disk, so a table of any size is
+held in memory at most once (as the page cache of that file), never as a Python or pandas copy.
+"""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import files
+from pipeline.sources import CHUNK_ROWS, Chunk, DataError, Source, csv_source, open_source
 
-BUILTIN_SOURCES = ("breast_cancer",)
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file, row and column."""
+__all__ = ["DataError", "Prepared", "Table", "load_prepared", "prepare_dir", "read_meta", "read_table"]
 
 
 @dataclass(frozen=True)
 class Table:
-    """Features (float32, rows x features), labels (float32 0/1) and the feature names."""
+    """A whole table in memory (small data and tests): float32 features, 0/1 labels, names."""
 
     X: np.ndarray
     y: np.ndarray
@@ -33,7 +33,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The prepared splits plus what every later consumer needs to apply to raw features."""
+    """The prepared splits (memory-mapped) plus what every later consumer needs to apply to raw features."""
 
     X_train: np.ndarray
     y_train: np.ndarray
@@ -48,83 +48,53 @@ class Prepared:
     sha256: str = ""
 
 
+def check_chunk(chunk: Chunk, source: Source) -> None:
+    """Finite features and 0/1 labels; the error names the row as the file counts it, and the column."""
+    bad = np.argwhere(~np.isfinite(chunk.X))
+    if bad.size:
+        i, j = bad[0]
+        raise DataError(
+            f"{source.origin}, row {chunk.first_row + i}, column {source.features[j]!r}: missing, NaN or infinite value"
+        )
+    not_binary = np.flatnonzero((chunk.y != 0) & (chunk.y != 1))
+    if not_binary.size:
+        i = not_binary[0]
+        raise DataError(
+            f"{source.origin}, row {chunk.first_row + i}, column {source.label!r}: "
+            f"label must be 0 or 1, got {chunk.y[i]:g}"
+        )
+
+
+def check_labels(y: np.ndarray, source: Source) -> None:
+    """At least two rows and both classes."""
+    if y.shape[0] < 2:
+        raise DataError(f"{source.origin}: need at least two rows, got {y.shape[0]}")
+    if np.unique(y).size < 2:
+        raise DataError(f"{source.origin}, column {source.label!r}: only one class present ({y[0]:g}); need both")
+
+
+def read_table(source: Source) -> Table:
+    """Every row in memory, validated (for small data and tests; the stage streams instead)."""
+    chunks = list(source.chunks())
+    for chunk in chunks:
+        check_chunk(chunk, source)
+    X = np.concatenate([c.X for c in chunks]) if chunks else np.empty((0, len(source.features)), np.float32)
+    y = np.concatenate([c.y for c in chunks]) if chunks else np.empty(0, np.float32)
+    check_labels(y, source)
+    return Table(X, y, source.features, source.label, source.origin)
+
+
 def read_csv(path: str | Path, label: str) -> Table:
-    """Read a numeric CSV with a header; `label` is the label column, the rest are features."""
+    """A numeric CSV with a header; `label` is the label column, the rest are features."""
     path = Path(path)
-    try:
-        fh = path.open(newline="", encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
-    with fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"{path}: empty file, expected a header row")
-        header = [h.strip() for h in header]
-        if label not in header:
-            raise DataError(f"{path}: label column {label!r} not in header {header}")
-        if len(set(header)) != len(header) or "" in header:
-            raise DataError(f"{path}: header has empty or duplicate column names: {header}")
-        rows = []
-        for line_no, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}, row {line_no}: expected {len(header)} columns, got {len(row)}")
-            rows.append([_number(cell, path, line_no, header[j]) for j, cell in enumerate(row)])
-    values = np.array(rows, dtype=np.float64).reshape(len(rows), len(header))
-    j = header.index(label)
-    features = tuple(h for h in header if h != label)
-    X = np.delete(values, j, axis=1)
-    table = Table(X, values[:, j], features, label, str(path))
-    validate(table, row_offset=2)
-    return Table(X.astype(np.float32), table.y.astype(np.float32), features, label, str(path))
-
-
-def _number(cell: str, path: Path, line_no: int, column: str) -> float:
-    try:
-        value = float(cell)
-    except ValueError:
-        raise DataError(f"{path}, row {line_no}, column {column!r}: not a number: {cell!r}") from None
-    if not math.isfinite(value):
-        raise DataError(f"{path}, row {line_no}, column {column!r}: NaN or infinite value {cell!r}")
-    return value
-
-
-def load_builtin(name: str, label: str) -> Table:
-    """Load a dataset bundled with scikit-learn (no download)."""
-    if name != "breast_cancer":
-        raise DataError(f"unknown built-in source {name!r} (known: {', '.join(BUILTIN_SOURCES)})")
-    from sklearn.datasets import load_breast_cancer  # imported here: costs ~1 s
-
-    bunch = load_breast_cancer()
-    table = Table(bunch.data, bunch.target.astype(np.float64), tuple(bunch.feature_names), label, name)
-    validate(table, row_offset=1)
-    return Table(table.X.astype(np.float32), table.y.astype(np.float32), table.features, label, name)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return read_table(csv_source(path, label, None))
 
 
 def load_source(source: str, label: str) -> Table:
-    """A CSV path or the name of a built-in dataset."""
-    return load_builtin(source, label) if source in BUILTIN_SOURCES else read_csv(source, label)
-
-
-def validate(table: Table, row_offset: int) -> None:
-    """Finite numeric features, a binary 0/1 label, both classes, at least two rows."""
-    X, y, where = table.X, table.y, table.origin
-    if X.shape[0] < 2:
-        raise DataError(f"{where}: need at least two rows, got {X.shape[0]}")
-    if X.shape[1] < 1:
-        raise DataError(f"{where}: no feature columns besides the label {table.label!r}")
-    bad = np.argwhere(~np.isfinite(X))
-    if bad.size:
-        i, j = bad[0]
-        raise DataError(f"{where}, row {i + row_offset}, column {table.features[j]!r}: NaN or infinite value")
-    not_binary = np.flatnonzero((y != 0) & (y != 1))
-    if not_binary.size:
-        i = not_binary[0]
-        raise DataError(f"{where}, row {i + row_offset}, column {table.label!r}: label must be 0 or 1, got {y[i]:g}")
-    if np.unique(y).size < 2:
-        raise DataError(f"{where}, column {table.label!r}: only one class present ({y[0]:g}); need both 0 and 1")
+    """A CSV or Parquet path or a bundled dataset, in memory."""
+    return read_table(open_source(source, label, None, 0, 0, 0))
 
 
 def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,76 +117,123 @@ def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.nda
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def fit_standardizer(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation per column; constant columns get scale 1."""
-    mean = X.mean(axis=0, dtype=np.float64)
-    scale = X.std(axis=0, dtype=np.float64)
-    scale[scale == 0] = 1.0
+# ---------------------------------------------------------------- writing and reading prepared data
+class NpyWriter:
+    """Append float32 rows to a .npy file whose row count is known only at the end.
+
+    A fixed 128-byte header is reserved and rewritten on close: the file is a valid .npy that
+    np.load can memory-map, built without ever holding the array.
+    """
+
+    HEADER_BYTES = 128
+
+    def __init__(self, path: Path, n_columns: int) -> None:
+        self.path, self.n_columns, self.rows = path, n_columns, 0
+        self.fh = path.open("wb")
+        self.fh.write(b"\0" * self.HEADER_BYTES)
+
+    def write(self, X: np.ndarray) -> None:
+        """Append rows (C order, float32)."""
+        self.fh.write(np.ascontiguousarray(X, dtype=np.float32).tobytes())
+        self.rows += X.shape[0]
+
+    def close(self) -> None:
+        """Write the real header: magic, version 1.0, then the dict padded with spaces to 128 bytes."""
+        text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({self.rows}, {self.n_columns}), }}"
+        body = text.encode("latin1").ljust(self.HEADER_BYTES - 10 - 1) + b"\n"
+        self.fh.seek(0)
+        self.fh.write(b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body)
+        self.fh.close()
+
+
+def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per column, in float64, one block at a time (Chan et al.'s merge)."""
+    n, mean, m2 = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        block = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64)
+        k, block_mean = block.shape[0], block.mean(axis=0)
+        block_m2 = ((block - block_mean) ** 2).sum(axis=0)
+        delta = block_mean - mean
+        mean = mean + delta * k / (n + k)
+        m2 = m2 + block_m2 + delta**2 * n * k / (n + k)
+        n += k
+    scale = np.sqrt(m2 / n)
+    scale[scale == 0] = 1.0  # constant columns stay as they are
     return mean, scale
 
 
-def prepare(table: Table, test_size: float, seed: int, standardize: bool) -> Prepared:
-    """Split, and fit the standardiser on the train split only (applied later, by the model)."""
-    train_idx, test_idx = stratified_split(table.y, test_size, seed)
-    X_train, y_train = table.X[train_idx], table.y[train_idx]
-    X_test, y_test = (table.X[test_idx], table.y[test_idx]) if test_idx.size else (X_train, y_train)
-    mean = scale = None
-    if standardize:
-        m, s = fit_standardizer(X_train)
-        mean, scale = tuple(m.tolist()), tuple(s.tolist())
-    return Prepared(
-        X_train,
-        y_train,
-        X_test,
-        y_test,
-        table.features,
-        table.label,
-        table.origin,
-        "test" if test_idx.size else "train",
-        mean,
-        scale,
-    )
+def _gather(X: np.ndarray, rows: np.ndarray, path: Path) -> None:
+    """Copy the given (sorted) rows of X into a new .npy, a block at a time."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows.size, X.shape[1]))
+    for start in range(0, rows.size, CHUNK_ROWS):
+        out[start : start + CHUNK_ROWS] = X[rows[start : start + CHUNK_ROWS]]
+    out.flush()
+    del out
 
 
-_ARRAYS = ("X_train", "y_train", "X_test", "y_test")
-
-
-def _meta(p: Prepared) -> dict:
-    return {
-        "features": list(p.features),
-        "label": p.label,
-        "source": p.source,
-        "evaluated_on": p.evaluated_on,
-        "mean": None if p.mean is None else list(p.mean),
-        "scale": None if p.scale is None else list(p.scale),
-        "n_train": int(p.y_train.shape[0]),
-        "n_test": int(p.y_test.shape[0]),
-    }
-
-
-def _digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
+def _digest(directory: Path, names: list[str], meta: dict) -> str:
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for name in _ARRAYS:
+    for name in names:
         h.update(name.encode())
-        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+        with (directory / name).open("rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
     return h.hexdigest()
 
 
-def save_prepared(directory: str | Path, p: Prepared) -> str:
-    """Write the splits as float32 .npy (memory-mappable) plus meta.json; returns the data hash."""
-    arrays = {name: getattr(p, name) for name in _ARRAYS}
-    if p.evaluated_on == "train":  # the test split is the train split: store it once
-        arrays = {k: v for k, v in arrays.items() if k.endswith("_train")}
-    meta = _meta(p)
-    digest = _digest({**arrays, "X_test": p.X_test, "y_test": p.y_test}, meta)
+def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, standardize: bool) -> dict:
+    """Stream the source into `out` (atomically): validated, split, standardiser fitted on train only.
+
+    Writes X_train.npy / y_train.npy (and X_test / y_test unless test_size is 0) plus meta.json;
+    returns the meta, whose sha256 identifies the prepared data.
+    """
+    meta: dict = {}
 
     def fill(tmp: Path) -> None:
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
-        (tmp / "meta.json").write_text(json.dumps({**meta, "sha256": digest}, indent=2, sort_keys=True) + "\n")
+        writer = NpyWriter(tmp / "X_all.npy", len(source.features))
+        labels = []
+        try:
+            for chunk in source.chunks():
+                check_chunk(chunk, source)
+                writer.write(chunk.X)
+                labels.append(chunk.y)
+        finally:
+            writer.close()
+        y = np.concatenate(labels) if labels else np.empty(0, np.float32)
+        check_labels(y, source)
+        train_idx, test_idx = stratified_split(y, test_size, seed)
+        if test_idx.size:
+            X_all = np.load(tmp / "X_all.npy", mmap_mode="r")
+            _gather(X_all, train_idx, tmp / "X_train.npy")
+            _gather(X_all, test_idx, tmp / "X_test.npy")
+            del X_all
+            os.unlink(tmp / "X_all.npy")
+            np.save(tmp / "y_test.npy", y[test_idx])
+        else:  # the tutorial: evaluate on the training rows, stored once
+            os.replace(tmp / "X_all.npy", tmp / "X_train.npy")
+        np.save(tmp / "y_train.npy", y[train_idx])
+        mean = scale = None
+        if standardize:
+            m, sd = _moments(np.load(tmp / "X_train.npy", mmap_mode="r"))
+            mean, scale = m.tolist(), sd.tolist()
+        meta.update(
+            features=list(source.features),
+            label=source.label,
+            source=source.origin,
+            evaluated_on="test" if test_idx.size else "train",
+            mean=mean,
+            scale=scale,
+            n_train=int(train_idx.size),
+            n_test=int(test_idx.size or train_idx.size),
+        )
+        names = sorted(f.name for f in tmp.iterdir() if f.suffix == ".npy")
+        meta["sha256"] = _digest(tmp, names, meta)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
-    files.write_dir(directory, fill)
-    return digest
+    files.write_dir(out, fill)
+    return meta
+
+
+_ARRAYS = ("X_train", "y_train", "X_test", "y_test")
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -225,7 +242,11 @@ def read_meta(directory: str | Path) -> dict:
 
 
 def load_prepared(directory: str | Path) -> Prepared:
-    """Read what save_prepared wrote."""
+    """Map what prepare_dir wrote: copy-on-write memory maps, so nothing is read until used.
+
+    mmap_mode="c" gives writable views (torch.from_numpy takes them without a warning or a copy);
+    writes, which nothing here does, would stay private to this process.
+    """
     directory = Path(directory)
     meta = read_meta(directory)
     arrays = {}
@@ -233,7 +254,7 @@ def load_prepared(directory: str | Path) -> Prepared:
         file = directory / f"{name}.npy"
         if name.endswith("_test") and meta["evaluated_on"] == "train":
             file = directory / f"{name[:-5]}_train.npy"
-        arrays[name] = np.load(file)
+        arrays[name] = np.load(file, mmap_mode="c")
     return Prepared(
         **arrays,
         features=tuple(meta["features"]),

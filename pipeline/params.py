@@ -29,14 +29,24 @@ METRICS = {
 
 
 @dataclass(frozen=True)
+class SyntheticParams:
+    """Size of the generated table (data.source: synthetic)."""
+
+    n_samples: int
+    n_features: int
+
+
+@dataclass(frozen=True)
 class DataParams:
     """Where the table comes from and how it is split."""
 
     source: str
     label: str
+    features: list[str] | None
     test_size: float
     standardize: bool
     seed: int
+    synthetic: SyntheticParams
 
 
 @dataclass(frozen=True)

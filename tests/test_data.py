@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import data
+from pipeline.sources import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,8 @@ def test_label_column_may_be_anywhere(tmp_path):
     ("text", "label", "message"),
     [
         ("x1,x2,y\n1,2,0\n2,abc,1\n", "y", r"t.csv, row 3, column 'x2': not a number: 'abc'"),
-        ("x1,x2,y\n1,2,0\n2,nan,1\n", "y", r"t.csv, row 3, column 'x2': NaN or infinite"),
-        ("x1,x2,y\n1,inf,0\n2,3,1\n", "y", r"t.csv, row 2, column 'x2': NaN or infinite"),
+        ("x1,x2,y\n1,2,0\n2,nan,1\n", "y", r"t.csv, row 3, column 'x2': missing, NaN or infinite"),
+        ("x1,x2,y\n1,inf,0\n2,3,1\n", "y", r"t.csv, row 2, column 'x2': missing, NaN or infinite"),
         ("x1,x2,y\n1,2,0\n2,3,2\n", "y", r"t.csv, row 3, column 'y': label must be 0 or 1, got 2"),
         ("x1,x2,y\n1,2,1\n2,3,1\n", "y", r"t.csv, column 'y': only one class"),
         ("x1,x2,y\n1,2,1\n", "y", r"t.csv: need at least two rows"),
@@ -72,34 +73,55 @@ def test_split_that_empties_a_class_is_an_error():
         data.stratified_split(y, 0.1, seed=1)
 
 
-def test_test_size_zero_evaluates_on_train():
-    table = data.read_csv(REPO / "data/raw/tutorial.csv", "y")
-    p = data.prepare(table, 0.0, seed=1, standardize=False)
-    assert p.evaluated_on == "train" and np.array_equal(p.X_test, p.X_train) and p.mean is None
+def source(name, **kw):
+    args = dict(label="y", features=None, n_samples=0, n_features=0, seed=1) | kw
+    return open_source(name, args["label"], args["features"], args["n_samples"], args["n_features"], args["seed"])
 
 
-def test_standardizer_is_fitted_on_train_only():
-    table = data.load_source("breast_cancer", "y")
-    p = data.prepare(table, 0.2, seed=1, standardize=True)
-    assert np.allclose(p.mean, p.X_train.mean(axis=0), rtol=1e-5)
-    assert not np.allclose(p.mean, table.X.mean(axis=0), rtol=1e-6)
+def test_test_size_zero_evaluates_on_train(tmp_path):
+    meta = data.prepare_dir(tmp_path / "prep", source(str(REPO / "data/raw/tutorial.csv")), 0.0, 1, False)
+    p = data.load_prepared(tmp_path / "prep")
+    assert meta["evaluated_on"] == p.evaluated_on == "train" and p.mean is None
+    assert np.array_equal(p.X_test, p.X_train) and p.X_train.tolist() == [
+        [1, 2],
+        [2, 3],
+        [3, 1],
+        [4, 3],
+        [5, 3],
+        [6, 2],
+    ]
+    assert sorted(f.name for f in (tmp_path / "prep").iterdir()) == ["X_train.npy", "meta.json", "y_train.npy"]
 
 
-def test_save_load_roundtrip_and_hash(tmp_path):
-    table = data.load_source("breast_cancer", "y")
-    p = data.prepare(table, 0.2, seed=1, standardize=True)
-    digest = data.save_prepared(tmp_path / "prep", p)
-    back = data.load_prepared(tmp_path / "prep")
-    assert back.sha256 == digest and back.features == p.features and back.mean == p.mean
-    for name in ("X_train", "y_train", "X_test", "y_test"):
-        assert np.array_equal(getattr(back, name), getattr(p, name))
-    assert data.save_prepared(tmp_path / "again", p) == digest  # deterministic
+def test_standardizer_is_fitted_on_train_only(tmp_path):
+    data.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True)
+    p = data.load_prepared(tmp_path / "prep")
+    full = data.load_source("breast_cancer", "y")
+    np.testing.assert_allclose(p.mean, p.X_train.mean(axis=0, dtype=np.float64), rtol=1e-12)
+    np.testing.assert_allclose(p.scale, p.X_train.std(axis=0, dtype=np.float64), rtol=1e-10)
+    assert not np.allclose(p.mean, full.X.mean(axis=0), rtol=1e-6)
+    assert p.X_train.shape[0] + p.X_test.shape[0] == 569
+
+
+def test_prepared_arrays_map_without_a_copy_and_hash_deterministically(tmp_path):
+    import warnings
+
+    import torch
+
+    first = data.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True)
+    again = data.prepare_dir(tmp_path / "again", source("breast_cancer"), 0.2, 1, True)
+    assert first["sha256"] == again["sha256"] and len(first["sha256"]) == 64
+    p = data.load_prepared(tmp_path / "prep")
+    assert isinstance(p.X_train, np.memmap) and p.X_train.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on read-only arrays
+        tensor = torch.from_numpy(p.X_train)
+    assert tensor.data_ptr() == p.X_train.ctypes.data  # shared, not copied
 
 
 def test_failed_write_leaves_earlier_output_intact(tmp_path, monkeypatch):
-    table = data.read_csv(REPO / "data/raw/tutorial.csv", "y")
-    p = data.prepare(table, 0.0, seed=1, standardize=False)
-    data.save_prepared(tmp_path / "prep", p)
+    tutorial = source(str(REPO / "data/raw/tutorial.csv"))
+    data.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False)
     before = {f.name: f.read_bytes() for f in (tmp_path / "prep").iterdir()}
 
     def broken_save(*args, **kwargs):
@@ -107,6 +129,56 @@ def test_failed_write_leaves_earlier_output_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        data.save_prepared(tmp_path / "prep", p)
+        data.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False)
     assert {f.name: f.read_bytes() for f in (tmp_path / "prep").iterdir()} == before
     assert [f.name for f in tmp_path.iterdir()] == ["prep"]  # no temp leftovers
+
+
+def test_csv_and_parquet_stream_in_chunks_with_row_numbers(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from pipeline import sources
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"id": np.arange(3000), "a": rng.normal(size=3000), "y": rng.integers(0, 2, 3000)})
+    frame["b"] = rng.integers(-5, 5, 3000)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    monkeypatch.setattr(sources, "CSV_BLOCK_BYTES", 4096)  # many blocks
+    monkeypatch.setattr(sources, "CHUNK_ROWS", 256)
+    from_csv = data.read_table(source(str(tmp_path / "t.csv"), features=["b", "a"]))
+    from_parquet = data.read_table(source(str(tmp_path / "t.parquet"), features=["b", "a"]))
+    assert from_csv.features == from_parquet.features == ("b", "a")
+    expected = frame[["b", "a"]].to_numpy(dtype=np.float32)
+    np.testing.assert_array_equal(from_csv.X, expected)
+    np.testing.assert_array_equal(from_parquet.X, expected)
+    np.testing.assert_array_equal(from_csv.y, frame["y"].to_numpy(np.float32))
+    frame.loc[2500, "a"] = np.nan
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(data.DataError, match=r"t.csv, row 2502, column 'a': missing"):
+        data.read_table(source(str(tmp_path / "t.csv")))
+    with pytest.raises(data.DataError, match=r"t.parquet, row 2501, column 'a': missing"):
+        data.read_table(source(str(tmp_path / "t.parquet")))
+    frame["a"] = frame["a"].astype(object)
+    frame.loc[2700, "a"] = "oops"
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(data.DataError, match=r"t.csv, row 2702, column 'a': not a number: 'oops'"):
+        data.read_table(source(str(tmp_path / "t.csv")))
+    with pytest.raises(data.DataError, match=r"data.features \['c'\] not in header"):
+        source(str(tmp_path / "t.csv"), features=["c"])
+
+
+def test_synthetic_is_seeded_and_the_same_however_it_is_read(monkeypatch):
+    from pipeline import sources
+
+    one = data.read_table(source("synthetic", n_samples=1000, n_features=5, seed=7))
+    monkeypatch.setattr(sources, "CHUNK_ROWS", 300)
+    again = data.read_table(source("synthetic", n_samples=1000, n_features=5, seed=7))
+    other = data.read_table(source("synthetic", n_samples=1000, n_features=5, seed=8))
+    assert one.X.shape == (1000, 5) and one.features == ("x1", "x2", "x3", "x4", "x5")
+    assert 0.3 < one.y.mean() < 0.7
+    assert not np.array_equal(one.X, other.X)
+    monkeypatch.setattr(sources, "CHUNK_ROWS", 1 << 16)
+    np.testing.assert_array_equal(data.read_table(source("synthetic", n_samples=1000, n_features=5, seed=7)).X, one.X)
+    assert again.X.shape == one.X.shape  # a different chunking still reads every row

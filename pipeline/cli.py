@@ -150,8 +150,23 @@ class HistoryChunk:
     accuracy: np.ndarray
 
 
-def fit(emit: Callable[[HistoryChunk], None], data_dir: Path, params: TrainParams) -> Fitted:
-    """Load the prepared data, train on the chosen device, serialise (runs in the child process)."""
+@dataclass(frozen=True)
+class Rank:
+    """Where this process sits in a `torchrun` job (from its environment); rank 0 of 1 otherwise."""
+
+    rank: int
+    world: int
+    local: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Rank:
+        """Read RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them."""
+        rank = int(env.get("RANK", "0"))
+        return cls(rank, int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", str(rank))))
+
+
+def fit(emit: Callable[[HistoryChunk], None], data_dir: Path, params: TrainParams, rank: Rank) -> Fitted:
+    """Load this rank's rows of the prepared data, train on the chosen device, serialise (a child process)."""
     from pipeline import data
     from pipeline import train as training
     from pipeline.model import ModelConfig, checkpoint_bytes
@@ -159,17 +174,33 @@ def fit(emit: Callable[[HistoryChunk], None], data_dir: Path, params: TrainParam
     prepared = data.load_prepared(data_dir)
     config = ModelConfig(len(prepared.features), prepared.features, params.threshold, prepared.mean, prepared.scale)
     device = training.resolve_device(params.device)
+    X, y, n_total = prepared.X_train, prepared.y_train, prepared.y_train.shape[0]
+    if rank.world > 1:
+        import torch
+        import torch.distributed as dist
+
+        lo, hi = rank.rank * n_total // rank.world, (rank.rank + 1) * n_total // rank.world
+        X, y = X[lo:hi], y[lo:hi]  # slices of the memory map: this rank reads only its own rows
+        if device.type == "cuda":
+            device = torch.device("cuda", rank.local)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     started = time.monotonic()  # system-wide clock: comparable with the parent's
-    result = training.train(
-        prepared.X_train,  # raw: the scaling is folded into the model, never a scaled copy
-        prepared.y_train,
-        params,
-        device,
-        _print_now,
-        lambda first, cost, accuracy: emit(HistoryChunk(first, cost, accuracy)),
-        mean=prepared.mean,
-        scale=prepared.scale,
-    )
+    try:
+        result = training.train(
+            X,  # raw: the scaling is folded into the model, never a scaled copy
+            y,
+            params,
+            device,
+            _print_now if rank.rank == 0 else (lambda line: None),
+            lambda first, cost, accuracy: emit(HistoryChunk(first, cost, accuracy)),
+            mean=prepared.mean,
+            scale=prepared.scale,
+            shard=training.Shard(rank.rank, rank.world, n_total),
+        )
+    finally:
+        if rank.world > 1:
+            dist.destroy_process_group()
     w, b = result.model.linear.weight.tolist(), result.model.linear.bias.tolist()
     weights = f"W = {[[round(v, 4) for v in row] for row in w]}, b = {[round(v, 4) for v in b]}"
     checkpoint = checkpoint_bytes(result.model, config)
@@ -186,7 +217,11 @@ def do_train(ctx: Context, data_dir: Path, model_path: Path, history_path: Path,
     from pipeline import data
 
     p = ctx.params
-    fitting = InChild(fit, data_dir, p.train, stream=True)
+    rank = Rank.from_env(ctx.env)
+    if rank.rank != 0:  # under torchrun: train this rank's shard in step with rank 0, which records everything
+        fit(lambda chunk: None, data_dir, p.train, rank)
+        return
+    fitting = InChild(fit, data_dir, p.train, rank, stream=True)
     meta = data.read_meta(data_dir)
     client = tracking.client(ctx.uri)
     run = tracking.start_run(

@@ -177,7 +177,9 @@ def train(
     if shard.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(net)  # averages gradients over processes, every step
+        ids = [device.index] if device.type == "cuda" else None
+        # Averages gradients over processes at every backward; mean and scale are constant buffers.
+        net = DistributedDataParallel(net, device_ids=ids, forward_sync_buffers=False)
     weights = list(model.parameters())
     # DDP averages over processes: weighting each process's mean by its share makes it the mean over all rows.
     share = n_local * shard.world / n_total

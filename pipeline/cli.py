@@ -171,6 +171,7 @@ def fit(emit: Callable[[HistoryChunk], None], data_dir: Path, params: TrainParam
     from pipeline import train as training
     from pipeline.model import ModelConfig, checkpoint_bytes
 
+    training.warm_up(params)
     prepared = data.load_prepared(data_dir)
     config = ModelConfig(len(prepared.features), prepared.features, params.threshold, prepared.mean, prepared.scale)
     device = training.resolve_device(params.device)

@@ -211,3 +211,17 @@ def test_optimizers_learn_and_repeat_exactly(overrides):
     assert first.cost[-1] < first.cost[0] / 3 and first.accuracy[-1] > 0.95
     np.testing.assert_array_equal(first.cost, again.cost)
     np.testing.assert_array_equal(first.model.linear.weight.detach(), again.model.linear.weight.detach())
+
+
+def test_lbfgs_on_raw_features_is_preconditioned_and_still_matches_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline import data
+    from pipeline.sources import open_source
+
+    table = data.read_table(open_source("synthetic", "y", None, 5000, 8, seed=3))  # offsets and scales apart
+    result = quiet_train(table.X, table.y, ["train.optimizer=lbfgs", "train.C=1", "train.epochs=200"])
+    fitted = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(table.X.astype(np.float64), table.y)
+    assert np.abs(result.model.linear.weight.detach().numpy().ravel() - fitted.coef_.ravel()).max() < 1e-3
+    assert abs(result.model.linear.bias.item() - fitted.intercept_[0]) < 1e-3
+    assert len(result.cost) < 60  # standardised coordinates: a few dozen passes, not hundreds

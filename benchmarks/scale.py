@@ -1,0 +1,200 @@
+"""Training at scale against scikit-learn, side by side in one run.
+
+On a seeded synthetic table (written by the prepare stage's own code), in one process:
+  - scikit-learn LogisticRegression(lbfgs) fit time and its training log-loss L, on the memory-mapped arrays
+  - our trainer (train.optimizer lbfgs, train.C = the baseline's C): time until its log-loss <= L + 1e-4,
+    counted from the start of training; on a GPU the one host-to-device copy is timed separately
+  - bytes of X it read per second, against a memcpy of X measured in the same run
+  - the peak RSS of the whole train stage (`python -m pipeline train`, parent and child), against X's size
+Prints a table, writes JSON, and ends with `ratio_to_sklearn: X` (our time to L + 1e-4 / sklearn's fit time).
+
+    python benchmarks/scale.py --rows 1000000 --features 100 [--device cpu|cuda] [--json scale.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_GAP = 1e-4
+
+
+def memcpy_bandwidth(X: np.ndarray) -> float:
+    """Bytes per second of the best of three copies of X into a warm buffer."""
+    out = np.empty_like(X)
+    np.copyto(out, X)
+    best = min(_timed(lambda: np.copyto(out, X)) for _ in range(3))
+    return X.nbytes / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def sklearn_fit(X: np.ndarray, y: np.ndarray, baseline) -> tuple[float, float, int]:
+    """Fit time, training log-loss and iterations of scikit-learn's LogisticRegression on the same arrays."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    model = LogisticRegression(C=baseline.C, solver=baseline.solver, max_iter=baseline.max_iter)
+    seconds = _timed(lambda: model.fit(X, y))
+    return seconds, float(log_loss(y, model.predict_proba(X)[:, 1])), int(model.n_iter_[0])
+
+
+def ours(X: np.ndarray, y: np.ndarray, params, target: float) -> dict:
+    """Train with lbfgs; when each evaluation's log-loss is known, note the time; find the first <= target."""
+    import torch
+
+    from pipeline.train import resolve_device, train, warm_up
+
+    device = resolve_device(params.device)
+    warm_up(params)  # as the train stage does, overlapping MLflow's start-up
+    h2d = 0.0
+    data, labels = X, y
+    if device.type != "cpu":  # the one host-to-device copy, reported apart
+        t0 = time.perf_counter()
+        data = torch.as_tensor(X, device=device)
+        labels = torch.as_tensor(y, device=device)
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        h2d = time.perf_counter() - t0
+    stamps: list[tuple[float, np.ndarray]] = []
+
+    def note(first: int, cost: np.ndarray, accuracy: np.ndarray) -> None:
+        stamps.append((time.perf_counter(), cost))
+
+    started = time.perf_counter()
+    result = train(data, labels, params, device, lambda line: None, note)
+    total = time.perf_counter() - started
+    evaluations, reached = 0, None
+    for stamp, costs in stamps:
+        for cost in costs:
+            evaluations += 1
+            if reached is None and cost <= target:
+                reached = (stamp - started, evaluations)
+    return {
+        "device": str(device),
+        "h2d_s": h2d,
+        "seconds_to_target": None if reached is None else reached[0],
+        "evaluations_to_target": None if reached is None else reached[1],
+        "total_s": total,
+        "evaluations": evaluations,
+        "final_log_loss": float(result.cost[-1]),
+    }
+
+
+def stage_peak_rss(prepared: Path, tmp: Path, overrides: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (bytes, parent + child summed) of `python -m pipeline train`."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    args = [sys.executable, "-m", "pipeline", "train", "--data", str(prepared), "--model", str(tmp / "model.pt")]
+    args += ["--history", str(tmp / "history.csv"), "--run-info", str(tmp / "run.json")]
+    args += [a for o in overrides for a in ("--set", o)]
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    if proc.returncode != 0:
+        sys.exit(f"train stage failed:\n{proc.stderr.read().decode()}")
+    return time.perf_counter() - started, peak
+
+
+def main() -> None:
+    """Prepare the data, time both fits, measure bandwidth and the stage's memory, print and write."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--features", type=int, default=100)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=Path("scale.json"))
+    opts = parser.parse_args()
+
+    from pipeline.data import load_prepared, prepare_dir
+    from pipeline.params import load_params
+    from pipeline.sources import open_source
+
+    base = load_params(ROOT / "params.yaml")
+    overrides = [
+        "train.optimizer=lbfgs",
+        f"train.C={base.evaluate.baseline.C}",  # like for like with the baseline
+        "train.epochs=200",
+        "train.log_every=1",
+        f"train.device={opts.device}",
+    ]
+    params = load_params(ROOT / "params.yaml", overrides)
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        source = open_source("synthetic", "y", None, opts.rows, opts.features, params.data.seed)
+        prepare_s = _timed(lambda: prepare_dir(tmp / "prepared", source, 0.0, params.data.seed, False))
+        prepared = load_prepared(tmp / "prepared")
+        X, y = prepared.X_train, prepared.y_train
+        bandwidth = memcpy_bandwidth(X)
+        sk_seconds, sk_loss, sk_iter = sklearn_fit(X, y, params.evaluate.baseline)
+        # The same fit on standardised features (scaled outside the timer): scikit-learn at its best.
+        std_copy = (X - X.mean(axis=0)) / X.std(axis=0)
+        std_seconds, _, std_iter = sklearn_fit(std_copy, y, params.evaluate.baseline)
+        del std_copy
+        run = ours(X, y, params.train, sk_loss + TARGET_GAP)
+        stage_s, stage_rss = stage_peak_rss(tmp / "prepared", tmp, overrides)
+
+    reached = run["seconds_to_target"]
+    read_rate = None if reached is None else 2 * X.nbytes * run["evaluations_to_target"] / reached  # X@w, X.T@r
+    ratio = float("inf") if reached is None else reached / sk_seconds
+    rss_goal = 1.5 * X.nbytes + 2**30
+    when = "never" if reached is None else f"{reached:.2f} s ({run['evaluations_to_target']} passes over X)"
+    size = f"{opts.rows:,} x {opts.features} float32 = {X.nbytes / 2**20:.0f} MiB"
+    placed = f"{run['h2d_s']:.3f} s" if run["device"] != "cpu" else "none (cpu: X is shared, not copied)"
+    read = "n/a" if read_rate is None else f"{read_rate / 1e9:.1f} GB/s = {read_rate / bandwidth:.2f}x memcpy"
+    end = f"{run['total_s']:.2f} s, {run['evaluations']} passes, log-loss {run['final_log_loss']:.6f}"
+    rows = [
+        ("data", f"{size} (prepared in {prepare_s:.1f} s)"),
+        ("scikit-learn lbfgs", f"fit {sk_seconds:.2f} s ({sk_iter} iterations), training log-loss {sk_loss:.6f}"),
+        ("  on a scaled copy", f"fit {std_seconds:.2f} s ({std_iter} iterations; the copy made untimed)"),
+        ("ours lbfgs", f"{run['device']}: log-loss <= {sk_loss + TARGET_GAP:.6f} after {when}"),
+        ("ours, to the end", end),
+        ("host-to-device copy", placed),
+        ("X read", f"{read} ({bandwidth / 1e9:.1f} GB/s)"),
+        ("train stage peak RSS", f"{stage_rss / 2**20:.0f} MiB (goal <= 1.5 x X + 1 GiB = {rss_goal / 2**20:.0f} MiB)"),
+        ("train stage wall", f"{stage_s:.1f} s, MLflow store created and every pass logged"),
+    ]
+    for label, text in rows:
+        print(f"{label:<22} {text}")
+    result = {
+        "rows": opts.rows,
+        "features": opts.features,
+        "x_bytes": X.nbytes,
+        "sklearn": {"fit_s": sk_seconds, "log_loss": sk_loss, "iterations": sk_iter},
+        "sklearn_standardized_copy": {"fit_s": std_seconds, "iterations": std_iter},
+        "ours": run,
+        "x_read_bytes_per_s": read_rate,
+        "memcpy_bytes_per_s": bandwidth,
+        "stage_peak_rss_bytes": stage_rss,
+        "stage_wall_s": stage_s,
+        "ratio_to_sklearn": ratio,
+    }
+    opts.json.write_text(json.dumps(result, indent=2) + "\n")
+    if reached is not None:
+        print(f"against scikit-learn on the scaled copy: {reached / std_seconds:.3f}")
+    print(f"wrote {opts.json}")
+    print(f"ratio_to_sklearn: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,7 @@ bench: $(STAMP)
 	python benchmarks/tracking_overhead.py
 	python benchmarks/repro_time.py
 	python benchmarks/serving.py
+	python benchmarks/scale.py --rows 1000000 --features 100 --json scale.json
 
 ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000

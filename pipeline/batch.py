@@ -77,7 +77,8 @@ def read_chunks(source: Source, columns: list[str], rows: int) -> Iterator[Chunk
     import pyarrow.parquet as pq
 
     first = 1
-    for batch in pq.ParquetFile(source.path).iter_batches(batch_size=rows, columns=columns):
+    # pre_buffer (the default) keeps every row group read so far in memory: off, to stay bounded.
+    for batch in pq.ParquetFile(source.path, pre_buffer=False).iter_batches(batch_size=rows, columns=columns):
         frame = batch.to_pandas()
         yield Chunk(frame, first, first - 1 + len(frame))
         first += len(frame)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,29 +147,40 @@ class NpyWriter:
         self.fh.close()
 
 
-def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation per column, in float64, one block at a time (Chan et al.'s merge)."""
-    n, mean, m2 = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        block = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64)
+class Moments:
+    """Per-column mean and standard deviation, merged block by block in float64 (Chan et al.)."""
+
+    def __init__(self, n_columns: int) -> None:
+        self.n, self.mean, self.m2 = 0, np.zeros(n_columns), np.zeros(n_columns)
+
+    def add(self, block: np.ndarray) -> None:
+        """Merge a block of rows."""
+        if not block.shape[0]:
+            return
+        block = block.astype(np.float64)
         k, block_mean = block.shape[0], block.mean(axis=0)
-        block_m2 = ((block - block_mean) ** 2).sum(axis=0)
-        delta = block_mean - mean
-        mean = mean + delta * k / (n + k)
-        m2 = m2 + block_m2 + delta**2 * n * k / (n + k)
-        n += k
-    scale = np.sqrt(m2 / n)
-    scale[scale == 0] = 1.0  # constant columns stay as they are
-    return mean, scale
+        delta = block_mean - self.mean
+        self.m2 += ((block - block_mean) ** 2).sum(axis=0) + delta**2 * self.n * k / (self.n + k)
+        self.mean += delta * k / (self.n + k)
+        self.n += k
+
+    def result(self) -> tuple[list[float], list[float]]:
+        """Mean and population standard deviation; constant columns get scale 1."""
+        scale = np.sqrt(self.m2 / self.n)
+        scale[scale == 0] = 1.0
+        return self.mean.tolist(), scale.tolist()
 
 
-def _gather(X: np.ndarray, rows: np.ndarray, path: Path) -> None:
-    """Copy the given (sorted) rows of X into a new .npy, a block at a time."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows.size, X.shape[1]))
-    for start in range(0, rows.size, CHUNK_ROWS):
-        out[start : start + CHUNK_ROWS] = X[rows[start : start + CHUNK_ROWS]]
-    out.flush()
-    del out
+def _blocks(path: Path) -> Iterator[np.ndarray]:
+    """The rows of a float32 .npy, CHUNK_ROWS at a time, by plain reads (no memory map to grow RSS)."""
+    with path.open("rb") as fh:
+        fmt = np.lib.format
+        read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+        shape, _, _ = read_header(fh)
+        n, d = shape
+        for start in range(0, n, CHUNK_ROWS):
+            rows = min(CHUNK_ROWS, n - start)
+            yield np.fromfile(fh, dtype=np.float32, count=rows * d).reshape(rows, d)
 
 
 def _digest(directory: Path, names: list[str], meta: dict) -> str:
@@ -201,20 +213,30 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
         y = np.concatenate(labels) if labels else np.empty(0, np.float32)
         check_labels(y, source)
         train_idx, test_idx = stratified_split(y, test_size, seed)
-        if test_idx.size:
-            X_all = np.load(tmp / "X_all.npy", mmap_mode="r")
-            _gather(X_all, train_idx, tmp / "X_train.npy")
-            _gather(X_all, test_idx, tmp / "X_test.npy")
-            del X_all
+        moments = Moments(len(source.features))
+        if test_idx.size:  # route each block's rows to train or test, keeping file order
+            is_test = np.zeros(y.shape[0], dtype=bool)
+            is_test[test_idx] = True
+            d = len(source.features)
+            train, test = NpyWriter(tmp / "X_train.npy", d), NpyWriter(tmp / "X_test.npy", d)
+            start = 0
+            for block in _blocks(tmp / "X_all.npy"):
+                mask = is_test[start : start + block.shape[0]]
+                train.write(block[~mask])
+                test.write(block[mask])
+                if standardize:
+                    moments.add(block[~mask])
+                start += block.shape[0]
+            train.close()
+            test.close()
             os.unlink(tmp / "X_all.npy")
             np.save(tmp / "y_test.npy", y[test_idx])
         else:  # the tutorial: evaluate on the training rows, stored once
             os.replace(tmp / "X_all.npy", tmp / "X_train.npy")
+            for block in _blocks(tmp / "X_train.npy") if standardize else ():
+                moments.add(block)
         np.save(tmp / "y_train.npy", y[train_idx])
-        mean = scale = None
-        if standardize:
-            m, sd = _moments(np.load(tmp / "X_train.npy", mmap_mode="r"))
-            mean, scale = m.tolist(), sd.tolist()
+        mean, scale = moments.result() if standardize else (None, None)
         meta.update(
             features=list(source.features),
             label=source.label,

@@ -152,7 +152,8 @@ def parquet_source(path: Path, label: str, features: list[str] | None) -> Source
     def chunks() -> Iterator[Chunk]:
         names = [label, *chosen]
         first = 1
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS, columns=names):
+        # pre_buffer (the default) keeps every row group read so far in memory: off, to stay bounded.
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=CHUNK_ROWS, columns=names):
             y, X = _arrays(batch, names)
             yield Chunk(X, y, first)
             first += len(y)

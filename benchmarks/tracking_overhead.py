@@ -25,8 +25,9 @@ from torch import nn, optim
 
 from pipeline import data, tracking
 from pipeline.child import InChild
-from pipeline.cli import fit, log_chunk
+from pipeline.cli import Rank, fit, log_chunk
 from pipeline.params import load_params
+from pipeline.sources import open_source
 from pipeline.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,8 @@ def main() -> None:
     x_train, y_train = torch.from_numpy(table.X), torch.from_numpy(table.y).reshape(-1, 1)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared"
-        data.save_prepared(prepared, data.prepare(table, 0.0, seed=1, standardize=False))
+        source = open_source(str(REPO / "data/raw/tutorial.csv"), "y", None, 0, 0, 1)
+        data.prepare_dir(prepared, source, 0.0, seed=1, standardize=False)
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         client = tracking.client(uri)
         exp_id = tracking.experiment_id(client, "benchmark", uri)
@@ -100,7 +102,7 @@ def main() -> None:
         def stage() -> float:
             run_id = client.create_run(exp_id).info.run_id
             with quiet_stdout():
-                fitted = InChild(fit, prepared, params.train, stream=True).result(
+                fitted = InChild(fit, prepared, params.train, Rank(0, 1, 0), stream=True).result(
                     lambda chunk: log_chunk(client, run_id, chunk)
                 )
             persisted = time.monotonic()

@@ -225,3 +225,17 @@ def test_lbfgs_on_raw_features_is_preconditioned_and_still_matches_sklearn():
     assert np.abs(result.model.linear.weight.detach().numpy().ravel() - fitted.coef_.ravel()).max() < 1e-3
     assert abs(result.model.linear.bias.item() - fitted.intercept_[0]) < 1e-3
     assert len(result.cost) < 60  # standardised coordinates: a few dozen passes, not hundreds
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    "overrides",
+    [["train.optimizer=lbfgs", "train.C=1", "train.epochs=200"], ["train.optimizer=adam", "train.batch_size=64"]],
+)
+def test_cuda_optimizers_match_cpu(overrides):
+    X, y, mean, scale = standardized_breast_cancer()
+    params = load_params(REPO / "params.yaml", [*overrides, "train.log_every=100000"]).train
+    cpu = train(X, y, params, torch.device("cpu"), lambda line: None, mean=mean, scale=scale)
+    gpu = train(X, y, params, torch.device("cuda"), lambda line: None, mean=mean, scale=scale)
+    assert next(gpu.model.parameters()).device.type == "cpu"  # logged from CPU tensors: loads anywhere
+    assert abs(gpu.cost[-1] - cpu.cost[-1]) < 1e-3

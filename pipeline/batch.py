@@ -13,22 +13,22 @@ import pandas as pd
 
 from pipeline import files
 from pipeline.serving import InputError, feature_matrix
+from pipeline.sources import file_format
 
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 OUTPUTS = ("probability", "label")
 
 
 @dataclass(frozen=True)
-class Chunk:
+class Rows:
     """Rows of the input, the number of the first (as a reader of the file counts), and progress."""
 
     frame: pd.DataFrame
     first_row: int
-    done: int  # bytes read (CSV) or rows read (Parquet), against Source.total
+    done: int  # bytes read (CSV) or rows read (Parquet), against InputFile.total
 
 
 @dataclass(frozen=True)
-class Source:
+class InputFile:
     """An input file's format, columns and size for the progress bar."""
 
     path: Path
@@ -37,15 +37,7 @@ class Source:
     total: int
 
 
-def file_format(path: Path) -> str:
-    """The format ("csv" or "parquet") named by the file extension."""
-    try:
-        return FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise ValueError(f"{path}: unknown file type; use one of {', '.join(FORMATS)}") from None
-
-
-def open_source(path: Path) -> Source:
+def open_input(path: Path) -> InputFile:
     """Read only the header or the Parquet footer: columns and size, no rows."""
     fmt = file_format(path)
     if not path.is_file():
@@ -55,23 +47,23 @@ def open_source(path: Path) -> Source:
             header = next(csv.reader(fh), None)
         if not header:
             raise ValueError(f"{path}: empty file, expected a header row")
-        return Source(path, fmt, tuple(h.strip() for h in header), path.stat().st_size)
+        return InputFile(path, fmt, tuple(h.strip() for h in header), path.stat().st_size)
     import pyarrow.parquet as pq
 
     try:
         meta = pq.ParquetFile(path).metadata
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise ValueError(f"{path}: not a Parquet file: {exc}") from None
-    return Source(path, fmt, tuple(meta.schema.names), meta.num_rows)
+    return InputFile(path, fmt, tuple(meta.schema.names), meta.num_rows)
 
 
-def read_chunks(source: Source, columns: list[str], rows: int) -> Iterator[Chunk]:
+def read_chunks(source: InputFile, columns: list[str], rows: int) -> Iterator[Rows]:
     """The needed columns, `rows` at a time."""
     if source.format == "csv":
         with source.path.open("rb") as fh:
             first = 2  # line 1 is the header
             for frame in pd.read_csv(fh, usecols=columns, chunksize=rows, skipinitialspace=True):
-                yield Chunk(frame, first, fh.tell())
+                yield Rows(frame, first, fh.tell())
                 first += len(frame)
         return
     import pyarrow.parquet as pq
@@ -80,18 +72,18 @@ def read_chunks(source: Source, columns: list[str], rows: int) -> Iterator[Chunk
     # pre_buffer (the default) keeps every row group read so far in memory: off, to stay bounded.
     for batch in pq.ParquetFile(source.path, pre_buffer=False).iter_batches(batch_size=rows, columns=columns):
         frame = batch.to_pandas()
-        yield Chunk(frame, first, first - 1 + len(frame))
+        yield Rows(frame, first, first - 1 + len(frame))
         first += len(frame)
 
 
 def score_file(
     predict: Callable[[pd.DataFrame], pd.DataFrame],
     features: tuple[str, ...],
-    source: Source,
+    source: InputFile,
     out: Path,
     rows: int,
     keep: tuple[str, ...] = (),
-    on_chunk: Callable[[Chunk], None] = lambda chunk: None,
+    on_chunk: Callable[[Rows], None] = lambda chunk: None,
 ) -> int:
     """Score every row of `source` into `out` (atomically); returns the number of rows."""
     needed = list(dict.fromkeys([*keep, *features]))

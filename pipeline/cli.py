@@ -424,9 +424,10 @@ def do_predict(ctx: Context, model_uri: str, input_path: Path, output_path: Path
     import mlflow
 
     from pipeline import batch
+    from pipeline.sources import file_format
 
-    source = batch.open_source(input_path)  # fail on a bad input before loading anything
-    batch.file_format(output_path)
+    source = batch.open_input(input_path)  # fail on a bad input before loading anything
+    file_format(output_path)
     mlflow.set_tracking_uri(ctx.uri)
     mlflow.set_registry_uri(ctx.uri)
     model = mlflow.pyfunc.load_model(model_uri)

@@ -39,6 +39,17 @@ class Source:
     chunks: Callable[[], Iterator[Chunk]]
 
 
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def file_format(path: Path) -> str:
+    """The format ("csv" or "parquet") named by the file extension."""
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise ValueError(f"{path}: unknown file type; use one of {', '.join(FORMATS)}") from None
+
+
 def open_source(
     source: str, label: str, features: list[str] | None, n_samples: int, n_features: int, seed: int
 ) -> Source:
@@ -48,13 +59,13 @@ def open_source(
     if source in BUILTIN_SOURCES:
         return builtin(source, label)
     path = Path(source)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
+    if path.suffix.lower() not in FORMATS:
         known = ", ".join((*BUILTIN_SOURCES, SYNTHETIC))
         raise DataError(f"{path}: data.source must be a .csv or .parquet file, or one of {known}")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    return csv_source(path, label, features) if suffix == ".csv" else parquet_source(path, label, features)
+    read = csv_source if file_format(path) == "csv" else parquet_source
+    return read(path, label, features)
 
 
 def _columns(where: str, header: list[str], label: str, features: list[str] | None) -> tuple[str, ...]:

@@ -225,7 +225,7 @@ def train(
         return TrainResult(model.cpu(), cost, accuracy, str(device))
 
     step = _optimizer(params, weights)
-    full_batch = params.batch_size is None or params.batch_size >= n_local and shard.world == 1
+    full_batch = params.batch_size is None or (params.batch_size >= n_local and shard.world == 1)
     # On small full-batch data the hypotheses themselves are kept and scored per log chunk:
     # cheaper than a reduction per epoch.
     keep = full_batch and (params.log_every + 1) * n_local <= MAX_KEPT_ELEMENTS

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import pandas as pd
 
 from pipeline import files
 from pipeline.serving import InputError, feature_matrix
-from pipeline.sources import file_format
+from pipeline.sources import csv_header, file_format
 
 OUTPUTS = ("probability", "label")
 
@@ -43,11 +42,7 @@ def open_input(path: Path) -> InputFile:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input file not found")
     if fmt == "csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh), None)
-        if not header:
-            raise ValueError(f"{path}: empty file, expected a header row")
-        return InputFile(path, fmt, tuple(h.strip() for h in header), path.stat().st_size)
+        return InputFile(path, fmt, tuple(csv_header(path)), path.stat().st_size)
     import pyarrow.parquet as pq
 
     try:

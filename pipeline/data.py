@@ -138,6 +138,12 @@ class NpyWriter:
         self.fh.write(np.ascontiguousarray(X, dtype=np.float32).tobytes())
         self.rows += X.shape[0]
 
+    def __enter__(self) -> NpyWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Write the real header: magic, version 1.0, then the dict padded with spaces to 128 bytes."""
         text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({self.rows}, {self.n_columns}), }}"
@@ -201,15 +207,13 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
     meta: dict = {}
 
     def fill(tmp: Path) -> None:
-        writer = NpyWriter(tmp / "X_all.npy", len(source.features))
+        d = len(source.features)
         labels = []
-        try:
+        with NpyWriter(tmp / "X_all.npy", d) as everything:
             for chunk in source.chunks():
                 check_chunk(chunk, source)
-                writer.write(chunk.X)
+                everything.write(chunk.X)
                 labels.append(chunk.y)
-        finally:
-            writer.close()
         y = np.concatenate(labels) if labels else np.empty(0, np.float32)
         check_labels(y, source)
         train_idx, test_idx = stratified_split(y, test_size, seed)
@@ -217,18 +221,15 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
         if test_idx.size:  # route each block's rows to train or test, keeping file order
             is_test = np.zeros(y.shape[0], dtype=bool)
             is_test[test_idx] = True
-            d = len(source.features)
-            train, test = NpyWriter(tmp / "X_train.npy", d), NpyWriter(tmp / "X_test.npy", d)
-            start = 0
-            for block in _blocks(tmp / "X_all.npy"):
-                mask = is_test[start : start + block.shape[0]]
-                train.write(block[~mask])
-                test.write(block[mask])
-                if standardize:
-                    moments.add(block[~mask])
-                start += block.shape[0]
-            train.close()
-            test.close()
+            with NpyWriter(tmp / "X_train.npy", d) as train, NpyWriter(tmp / "X_test.npy", d) as test:
+                start = 0
+                for block in _blocks(tmp / "X_all.npy"):
+                    mask = is_test[start : start + block.shape[0]]
+                    train.write(block[~mask])
+                    test.write(block[mask])
+                    if standardize:
+                        moments.add(block[~mask])
+                    start += block.shape[0]
             os.unlink(tmp / "X_all.npy")
             np.save(tmp / "y_test.npy", y[test_idx])
         else:  # the tutorial: evaluate on the training rows, stored once

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -65,8 +66,42 @@ def load_checkpoint(path: str | Path) -> tuple[BinaryClassifier, ModelConfig]:
     return model, config
 
 
+class Logits(nn.Module):
+    """BinaryClassifier's logit on raw rows, its standardisation folded into the weights.
+
+    Computing X @ (W / scale) + (b - (W / scale) . mean) trains W on standardised features without
+    ever materialising a scaled copy of X; without scaling it is exactly nn.Linear.
+    """
+
+    def __init__(self, model: BinaryClassifier, mean: torch.Tensor | None, scale: torch.Tensor | None) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, shape (N, 1)."""
+        return folded_logits(self.model, x, self.mean, self.scale)
+
+
+def folded_logits(
+    model: BinaryClassifier, x: torch.Tensor, mean: torch.Tensor | None, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """X @ (W / scale) + (b - (W / scale) . mean): the logit on raw rows, without a scaled copy of X."""
+    linear = model.linear
+    if scale is None:
+        return linear(x)
+    weight = linear.weight / scale
+    return F.linear(x, weight, linear.bias - weight @ mean)
+
+
+def as_vector(values: tuple[float, ...] | None, device: torch.device) -> torch.Tensor | None:
+    """A float32 tensor of per-feature statistics on the device (None stays None)."""
+    return None if values is None else torch.tensor(values, dtype=torch.float32, device=device)
+
+
 def standardize(X: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """Apply the train split's standardisation (identity when it was off), as float32."""
+    """A standardised copy (identity when scaling was off), as float32: for scikit-learn's baseline."""
     X = np.asarray(X, dtype=np.float32)
     if config.mean is None:
         return X
@@ -76,8 +111,13 @@ def standardize(X: np.ndarray, config: ModelConfig) -> np.ndarray:
 
 
 def predict_proba(model: BinaryClassifier, config: ModelConfig, X_raw: np.ndarray) -> np.ndarray:
-    """Probabilities for raw feature rows: the path evaluate, register and serving all share."""
+    """Probabilities for raw feature rows: the path evaluate, register and serving all share.
+
+    The scaling is applied the way training applies it (folded into the weights), so no scaled copy
+    of X is made here either.
+    """
     device = model.linear.weight.device  # CPU unless the loader was asked for another device
-    X = torch.from_numpy(np.ascontiguousarray(standardize(X_raw, config))).to(device)
+    X = torch.from_numpy(np.ascontiguousarray(X_raw, dtype=np.float32)).to(device)
     with torch.no_grad():
-        return model(X).reshape(-1).cpu().numpy().astype(np.float64)
+        logits = folded_logits(model, X, as_vector(config.mean, device), as_vector(config.scale, device))
+        return torch.sigmoid(logits).reshape(-1).cpu().numpy().astype(np.float64)

@@ -86,13 +86,18 @@ def _columns(where: str, header: list[str], label: str, features: list[str] | No
 
 
 # ---------------------------------------------------------------- CSV
-def csv_source(path: Path, label: str, features: list[str] | None) -> Source:
-    """A CSV with a header row, parsed by pyarrow in blocks (multi-threaded, bounded memory)."""
+def csv_header(path: Path) -> list[str]:
+    """The column names of a CSV's first line, stripped; an empty file is an error."""
     with path.open(newline="", encoding="utf-8") as fh:
         header = next(csv.reader(fh), None)
     if not header:
         raise DataError(f"{path}: empty file, expected a header row")
-    header = [h.strip() for h in header]
+    return [h.strip() for h in header]
+
+
+def csv_source(path: Path, label: str, features: list[str] | None) -> Source:
+    """A CSV with a header row, parsed by pyarrow in blocks (multi-threaded, bounded memory)."""
+    header = csv_header(path)
     chosen = _columns(str(path), header, label, features)
 
     def chunks() -> Iterator[Chunk]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.model import BinaryClassifier
+from pipeline.model import BinaryClassifier, Logits, as_vector
 from pipeline.params import TrainParams
 
 LOG_LINE = "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%"
@@ -66,28 +66,6 @@ class Shard:
     rank: int = 0
     world: int = 1
     n_total: int | None = None  # rows over all processes
-
-
-class Logits(nn.Module):
-    """BinaryClassifier's logit on raw rows, its standardisation folded into the weights.
-
-    Computing X @ (W / scale) + (b - (W / scale) . mean) trains W on standardised features without
-    ever materialising a scaled copy of X; without scaling it is exactly nn.Linear.
-    """
-
-    def __init__(self, model: BinaryClassifier, mean: torch.Tensor | None, scale: torch.Tensor | None) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", mean)
-        self.register_buffer("scale", scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, shape (N, 1)."""
-        linear = self.model.linear
-        if self.scale is None:
-            return linear(x)
-        weight = linear.weight / self.scale
-        return F.linear(x, weight, linear.bias - weight @ self.mean)
 
 
 class _History:
@@ -148,10 +126,6 @@ def _as_tensor(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.
     return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
 
 
-def _vector(values: tuple[float, ...] | None, device: torch.device) -> torch.Tensor | None:
-    return None if values is None else torch.tensor(values, dtype=torch.float32, device=device)
-
-
 def train(
     X: np.ndarray | torch.Tensor,
     y: np.ndarray | torch.Tensor,
@@ -182,7 +156,7 @@ def train(
     if precondition:
         mean_t, scale_t = column_moments(x_train, shard)
     else:
-        mean_t, scale_t = _vector(mean, device), _vector(scale, device)
+        mean_t, scale_t = as_vector(mean, device), as_vector(scale, device)
     net: nn.Module = Logits(model, mean_t, scale_t)
     if shard.world > 1:
         from torch.nn.parallel import DistributedDataParallel

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ["pipeline", "data/raw", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+FILES = ["pipeline", "data/raw", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore"]
 REPEATS = 3
 
 

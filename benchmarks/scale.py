@@ -56,7 +56,7 @@ def ours(X: np.ndarray, y: np.ndarray, params, target: float) -> dict:
     """Train with lbfgs; when each evaluation's log-loss is known, note the time; find the first <= target."""
     import torch
 
-    from pipeline.train import resolve_device, train, warm_up
+    from pipeline.training import resolve_device, train, warm_up
 
     device = resolve_device(params.device)
     warm_up(params)  # as the train stage does, overlapping MLflow's start-up
@@ -141,8 +141,8 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml", overrides)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        source = open_source("synthetic", "y", None, opts.rows, opts.features, params.data.seed)
-        prepare_s = _timed(lambda: prepare_dir(tmp / "prepared", source, 0.0, params.data.seed, False))
+        source = open_source("synthetic", "y", None, opts.rows, opts.features, params.prepare.seed)
+        prepare_s = _timed(lambda: prepare_dir(tmp / "prepared", source, 0.0, params.prepare.seed, False))
         prepared = load_prepared(tmp / "prepared")
         X, y = prepared.X_train, prepared.y_train
         bandwidth = memcpy_bandwidth(X)

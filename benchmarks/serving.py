@@ -80,7 +80,7 @@ def build_models(tmp: Path) -> dict[str, Path]:
 
     from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes
     from pipeline.params import load_params
-    from pipeline.registry import pyfunc_spec
+    from pipeline.store import SERVING_CONFIG, pyfunc_spec
 
     params = load_params(ROOT / "params.yaml")
     torch.manual_seed(params.train.seed)
@@ -91,7 +91,7 @@ def build_models(tmp: Path) -> dict[str, Path]:
     example = np.array([[1.0, 2.0], [6.0, 2.0]])
     paths = {name: tmp / name for name in ("ours", "stock_pytorch", "identity")}
     mlflow.pyfunc.save_model(
-        paths["ours"], **pyfunc_spec(checkpoint, config.features, example, params.serve.model_config())
+        paths["ours"], **pyfunc_spec(checkpoint, config.features, example, SERVING_CONFIG)
     )
     outputs = Schema([ColSpec("float")])
     mlflow.pytorch.save_model(
@@ -102,7 +102,7 @@ def build_models(tmp: Path) -> dict[str, Path]:
     )
     (tmp / "identity_model.py").write_text(IDENTITY)
     (tmp / "bare_app.py").write_text(BARE)
-    spec = pyfunc_spec(checkpoint, config.features, example, params.serve.model_config())
+    spec = pyfunc_spec(checkpoint, config.features, example, SERVING_CONFIG)
     mlflow.pyfunc.save_model(
         paths["identity"],
         loader_module="identity_model",

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from pipeline import data, tracking
+from pipeline import data, store
 from pipeline.child import InChild
-from pipeline.cli import Rank, fit, log_chunk
 from pipeline.params import load_params
 from pipeline.sources import open_source
-from pipeline.train import train
+from pipeline.stages.train import Rank, fit, log_chunk
+from pipeline.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 REPEATS = 15
@@ -88,8 +88,8 @@ def main() -> None:
         source = open_source(str(REPO / "data/raw/tutorial.csv"), "y", None, 0, 0, 1)
         data.prepare_dir(prepared, source, 0.0, seed=1, standardize=False)
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        client = tracking.client(uri)
-        exp_id = tracking.experiment_id(client, "benchmark", uri)
+        client = store.client(uri)
+        exp_id = store.experiment_id(client, "benchmark", uri)
 
         def bare() -> None:
             bare_loop(x_train, y_train, params.train.epochs)
@@ -97,7 +97,7 @@ def main() -> None:
         def sequential() -> None:
             run_id = client.create_run(exp_id).info.run_id
             result = train(table.X, table.y, params.train, torch.device("cpu"), lambda _: None)
-            tracking.log_history(client, run_id, {"cost": result.cost, "accuracy": result.accuracy})
+            store.log_history(client, run_id, {"cost": result.cost, "accuracy": result.accuracy})
 
         def stage() -> float:
             run_id = client.create_run(exp_id).info.run_id

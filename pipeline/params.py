@@ -30,14 +30,14 @@ METRICS = {
 
 @dataclass(frozen=True)
 class SyntheticParams:
-    """Size of the generated table (data.source: synthetic)."""
+    """Size of the generated table (prepare.source: synthetic)."""
 
     n_samples: int
     n_features: int
 
 
 @dataclass(frozen=True)
-class DataParams:
+class PrepareParams:
     """Where the table comes from and how it is split."""
 
     source: str
@@ -82,24 +82,14 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class RegisterParams:
-    """Model registry name and the champion gate."""
+    """Model registry name and the champion gate's evidence rules."""
 
     model_name: str
     metric: str
     tolerance: float
-
-
-@dataclass(frozen=True)
-class ServeParams:
-    """How the registered model serves (logged as its MLflow model_config) and batch scoring's chunk."""
-
-    device: str
-    max_request_mb: float
-    batch_rows: int
-
-    def model_config(self) -> dict[str, Any]:
-        """The pyfunc model_config register logs; overridable at load/serve time."""
-        return {"device": self.device, "max_request_bytes": int(self.max_request_mb * 2**20)}
+    level: float
+    resamples: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -110,41 +100,35 @@ class MlflowParams:
 
 
 @dataclass(frozen=True)
-class PathParams:
-    """Every file a stage reads or writes; dvc.yaml interpolates these same values."""
-
-    raw: str
-    prepared: str
-    model: str
-    history: str
-    run_info: str
-    metrics: str
-    registered: str
-
-
-@dataclass(frozen=True)
 class Params:
     """All sections of params.yaml."""
 
-    data: DataParams
+    prepare: PrepareParams
     train: TrainParams
     evaluate: EvaluateParams
     register: RegisterParams
-    serve: ServeParams
     mlflow: MlflowParams
-    paths: PathParams
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as a flat dict with dotted keys, for logging as MLflow params."""
         return _flatten(dataclasses.asdict(getattr(self, name)), name)
 
+    def knobs(self) -> dict[str, Any]:
+        """Every param of every section, flat: what each run of an execution logs."""
+        return {k: v for f in dataclasses.fields(self) for k, v in self.section(f.name).items()}
+
 
 def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        name = f"{prefix}.{key}"
+        name = f"{prefix}.{key}" if prefix else str(key)
         flat.update(_flatten(value, name) if isinstance(value, dict) else {name: value})
     return flat
+
+
+def flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    """A raw params tree as {dotted.key: value} (to compare params files of two revisions)."""
+    return _flatten(tree, "")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -202,22 +186,29 @@ def _join(prefix: str, name: str) -> str:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `section.key=value`; the value is parsed as YAML so `lr=0.5` is a float."""
+    """Split `section.key=value`; the value is parsed as YAML so `lr=0.5` is a float (None when empty)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"override {text!r}: expected section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ParamsError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
     return key.strip().split("."), value
 
 
 def apply_overrides(tree: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
-    """Return a copy of the raw params tree with each override applied to an existing key."""
+    """Return a copy of the raw params tree with each override applied to an existing key.
+
+    An empty value (`train.lr=`) keeps the file's value, so MLproject parameters can default to
+    params.yaml; `null` sets a key to null.
+    """
     tree = _deep_copy(tree)
     for text in overrides:
         path, value = parse_override(text)
+        if value is None and not text.partition("=")[2].strip():
+            _lookup_raw(tree, path, text)  # still an error when the key does not exist
+            continue
         node = tree
         for depth, part in enumerate(path[:-1]):
             node = node.get(part) if isinstance(node, dict) else None
@@ -229,12 +220,22 @@ def apply_overrides(tree: dict[str, Any], overrides: typing.Iterable[str]) -> di
     return tree
 
 
+def _lookup_raw(tree: dict[str, Any], path: list[str], text: str) -> Any:
+    node: Any = tree
+    for depth, part in enumerate(path):
+        if not isinstance(node, dict) or part not in node:
+            what = "key" if depth == len(path) - 1 else "section"
+            raise ParamsError(f"override {text!r}: unknown {what} {'.'.join(path[: depth + 1])}")
+        node = node[part]
+    return node
+
+
 def _deep_copy(tree: Any) -> Any:
     return {k: _deep_copy(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
 
 
-def load_params(path: str | Path, overrides: typing.Iterable[str] = ()) -> Params:
-    """Read params.yaml, apply `section.key=value` overrides and validate every key."""
+def read_tree(path: str | Path) -> dict[str, Any]:
+    """The raw YAML mapping of a params file, with errors that name the file."""
     path = Path(path)
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -242,18 +243,28 @@ def load_params(path: str | Path, overrides: typing.Iterable[str] = ()) -> Param
         raise ParamsError(f"{path}: params file not found") from exc
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    return tree or {}
+
+
+def load_params(path: str | Path, overrides: typing.Iterable[str] = ()) -> Params:
+    """Read params.yaml, apply `section.key=value` overrides and validate every key."""
+    return build_params(read_tree(path), overrides, str(path))
+
+
+def build_params(tree: dict[str, Any], overrides: typing.Iterable[str], where: str) -> Params:
+    """Validate a raw params tree (after overrides); errors are prefixed with `where`."""
     try:
-        params = _build(Params, apply_overrides(tree or {}, overrides), "")
+        params = _build(Params, apply_overrides(tree, overrides), "")
         _check_ranges(params)
     except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from exc
+        raise ParamsError(f"{where}: {exc}") from exc
     return params
 
 
 def _check_ranges(p: Params) -> None:
     """Reject values that have the right type but no meaning."""
     checks = [
-        ("data.test_size", 0.0 <= p.data.test_size < 1.0, "must be in [0, 1)"),
+        ("prepare.test_size", 0.0 <= p.prepare.test_size < 1.0, "must be in [0, 1)"),
         ("train.lr", p.train.lr > 0, "must be > 0"),
         ("train.epochs", p.train.epochs >= 0, "must be >= 0"),
         ("train.log_every", p.train.log_every >= 1, "must be >= 1"),
@@ -270,9 +281,8 @@ def _check_ranges(p: Params) -> None:
         ("evaluate.baseline.C", p.evaluate.baseline.C > 0, "must be > 0"),
         ("register.metric", p.register.metric in METRICS, f"must be one of {', '.join(METRICS)}"),
         ("register.tolerance", p.register.tolerance >= 0, "must be >= 0"),
-        ("serve.device", p.serve.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
-        ("serve.max_request_mb", p.serve.max_request_mb > 0, "must be > 0"),
-        ("serve.batch_rows", p.serve.batch_rows >= 1, "must be >= 1"),
+        ("register.level", 0.5 <= p.register.level < 1.0, "must be in [0.5, 1)"),
+        ("register.resamples", p.register.resamples >= 100, "must be >= 100"),
     ]
     for key, ok, why in checks:
         if not ok:

@@ -96,7 +96,7 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
     model, config = load_checkpoint(data_path)
     device = settings.get("device", "cpu")  # CPU unless asked, even on a CUDA host
     if device != "cpu":
-        from pipeline.train import resolve_device
+        from pipeline.training import resolve_device
 
         model = model.to(resolve_device(device, key="model_config device"))
     serving = guard_scoring_server(int(settings.get("max_request_bytes") or 0))

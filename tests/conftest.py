@@ -20,6 +20,7 @@ PROJECT_FILES = [
     "python_env.yaml",
     "requirements.txt",
     ".dvc/config",
+    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
 ]

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def workdir(tmp_path, store_uri, monkeypatch):
     shutil.copytree(REPO / "data/raw", tmp_path / "data/raw")
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
@@ -54,16 +55,33 @@ def test_stages_in_order(workdir, store_uri, capfd):
     assert invoke("evaluate").exit_code == 0
     results = json.loads((workdir / "metrics/evaluate.json").read_text())
     assert set(results) == {"model", "baseline"} and results["model"].keys() == results["baseline"].keys()
-    _, found = runs(store_uri)
+    client, found = runs(store_uri)
     families = {r.data.tags["pipeline.family"]: r for r in found}
-    assert set(families) == {"model", "baseline"}
-    model_keys = {k for k in families["model"].data.metrics if k.startswith("eval_")}
-    assert model_keys == set(families["baseline"].data.metrics) == {f"eval_{k}" for k in results["model"]}
+    assert set(families) == {"execution", "model", "baseline"}
+    parent = families["execution"]
+    for family in ("model", "baseline"):  # both children of one parent, both with the same params
+        child = families[family]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.params == parent.data.params and child.data.params["prepare.features"] == "null"
+        assert {k for k in child.data.metrics if k.startswith("eval_")} == {f"eval_{k}" for k in results["model"]}
+        assert {"cost", "accuracy"} <= set(child.data.metrics)  # the baseline's: its fit on the train split
+        assert [d.dataset.name for d in child.inputs.dataset_inputs] == ["tutorial.csv:train"]
+        assert "roc.png" in [a.path for a in client.list_artifacts(child.info.run_id)]
+    assert {r.info.run_name for r in found} == {"no git", "BinaryClassifier · no git", "LogisticRegression · no git"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
+        "roc.png", "precision_recall.png", "calibration.png", "confusion.png"
+    }
+    assert all(r.info.status == "FINISHED" for r in found)
+    roc = json.loads((workdir / "plots/roc.json").read_text())
+    assert roc[0].keys() == {"fpr", "BinaryClassifier", "LogisticRegression"} and len(roc) == 101
 
     result = invoke("register")
     assert result.exit_code == 0, result.output
     registered = json.loads((workdir / "models/registered.json").read_text())
     assert registered["version"] == 1 and registered["aliases"] == ["challenger", "champion"]
+    (logged,) = client.search_logged_models([parent.info.experiment_id])
+    assert logged.source_run_id == run_id  # the LoggedModel's metrics are its evaluation, not epoch 0
+    assert {m.key: m.value for m in logged.metrics} == {f"eval_{k}": v for k, v in results["model"].items()}
     # Unchanged inputs: no new version.
     assert invoke("register").exit_code == 0
     assert json.loads((workdir / "models/registered.json").read_text())["version"] == 1
@@ -74,7 +92,7 @@ def test_bad_csv_fails_clearly_and_keeps_earlier_outputs(workdir):
     assert invoke("prepare").exit_code == 0
     before = (workdir / "data/prepared/X_train.npy").read_bytes()
     (workdir / "data/raw/bad.csv").write_text("x1,x2,y\n1,2,0\n2,oops,1\n")
-    result = CliRunner().invoke(main, ["prepare", "--set", "data.source=data/raw/bad.csv"])
+    result = CliRunner().invoke(main, ["prepare", "--set", "prepare.source=data/raw/bad.csv"])
     assert result.exit_code == 1
     assert "data/raw/bad.csv, row 3, column 'x2': not a number: 'oops'" in result.output
     assert (workdir / "data/prepared/X_train.npy").read_bytes() == before
@@ -96,7 +114,7 @@ def test_failed_training_marks_the_run_failed_and_keeps_outputs(workdir, store_u
     result = CliRunner().invoke(main, ["train", "--set", "train.device=cuda"])
     assert result.exit_code == 1 and "'cuda' was requested but is not available" in result.output
     _, found = runs(store_uri)
-    assert sorted(r.info.status for r in found) == ["FAILED", "FINISHED"]
+    assert sorted(r.info.status for r in found) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]  # parents and children
     assert {p: (workdir / p).read_bytes() for p in before} == before
 
 
@@ -133,7 +151,7 @@ def test_champion_moves_only_through_the_gate(workdir, store_uri):
     assert weak["version"] == 2 and weak["aliases"] == ["challenger"] and not weak["decision"]["promote"]
     assert "worse than the baseline" in weak["decision"]["reason"]
     # Other features than the champion's: registered, but never compared as if alike.
-    other = pipeline_run("data.source=breast_cancer", "data.test_size=0.2", "data.standardize=true")
+    other = pipeline_run("prepare.source=breast_cancer", "prepare.test_size=0.2", "prepare.standardize=true")
     assert other["version"] == 3 and not other["decision"]["promote"]
     assert "not comparable" in other["decision"]["reason"]
     champion = MlflowClient(store_uri).get_model_version_by_alias("BinaryClassifier", "champion")

@@ -13,7 +13,10 @@ from pipeline.model import load_checkpoint
 
 from .conftest import REPO, run_env, sh
 
-PREPARE = ["--set", "data.source=breast_cancer", "--set", "data.standardize=true", "--set", "data.test_size=0.2"]
+PREPARE = [
+    *("--set", "prepare.source=breast_cancer", "--set", "prepare.standardize=true"),
+    *("--set", "prepare.test_size=0.2"),
+]
 
 
 def outputs(tag: str) -> list[str]:
@@ -34,6 +37,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize(("optimizer", "atol"), OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
 def test_two_processes_match_one(tmp_path, store_uri, optimizer, atol):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     env = run_env(MLFLOW_TRACKING_URI=store_uri)
     sh([sys.executable, "-m", "pipeline", "prepare", *PREPARE], tmp_path, env)
     train = ["train", "--set", "train.C=1", "--set", "train.log_every=20"]
@@ -52,4 +56,4 @@ def test_two_processes_match_one(tmp_path, store_uri, optimizer, atol):
     runs = MlflowClient(store_uri).search_runs(
         [MlflowClient(store_uri).get_experiment_by_name("binary-classifier").experiment_id]
     )
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}  # two parents, two model runs

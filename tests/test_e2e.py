@@ -37,10 +37,16 @@ def test_dvc_repro_end_to_end(project, tmp_path):
     exp = client.get_experiment_by_name("binary-classifier")
     assert exp.artifact_location == (project / "mlartifacts").as_uri()
     found = {r.data.tags["pipeline.family"]: r for r in client.search_runs([exp.experiment_id])}
-    assert set(found) == {"model", "baseline"}
+    assert set(found) == {"execution", "model", "baseline"}
     commit = sh(["git", "rev-parse", "HEAD"], project, run_env()).stdout.strip()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    prepared_md5 = next(o["md5"] for o in lock["prepare"]["outs"] if o["path"] == "data/prepared")
     for run in found.values():
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.source.git.commit"] == commit
+        assert run.data.tags["pipeline.git.dirty"] == "false" and run.info.run_name.endswith(commit[:7])
+        assert run.data.tags["dvc.md5.data/prepared"] == prepared_md5  # the hash dvc.lock holds for the input
+        assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"].startswith("dvc.yaml:")
+        assert run.data.tags["pipeline.version.torch"].startswith("2.13.0")
     assert len(client.get_metric_history(found["model"].info.run_id, "cost")) == 1001
     registered = json.loads((project / "models/registered.json").read_text())
     assert registered["version"] == 1 and set(registered["aliases"]) == {"champion", "challenger"}
@@ -50,7 +56,10 @@ def test_dvc_repro_end_to_end(project, tmp_path):
     metrics = dvc(project, "metrics", "show", "--json").stdout
     assert '"roc_auc"' in metrics
     plots = dvc(project, "plots", "show", "-o", str(tmp_path / "plots")).stdout
-    assert (tmp_path / "plots" / "index.html").exists(), plots
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vegaEmbed" in page, plots  # vega inline: renders offline
+    for name in ("cost", "accuracy", "roc", "precision_recall", "calibration", "confusion"):
+        assert f'"{name}' in page or name in page
 
     # Nothing changed: nothing runs.
     again = dvc(project, "repro").stdout
@@ -75,9 +84,10 @@ def test_dvc_repro_end_to_end(project, tmp_path):
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
-def test_mlflow_run_logs_into_its_own_run(project):
+def test_mlflow_run_is_the_parent_and_leaves_dvc_outputs_alone(project):
     env = run_env(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    dvc(project, "repro")
     proc = sh(
         [mlflow_bin, "run", ".", "--env-manager", "local", "--experiment-name", "binary-classifier", "-P", "lr=0.5"],
         project,
@@ -86,11 +96,18 @@ def test_mlflow_run_logs_into_its_own_run(project):
     run_id = re.search(r"=== Run \(ID '([0-9a-f]+)'\) succeeded ===", proc.stdout + proc.stderr).group(1)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.params["train.lr"] == "0.5" and run.data.tags["pipeline.family"] == "model"
-    assert "eval_roc_auc" in run.data.metrics and len(client.get_metric_history(run_id, "cost")) == 1001
-    assert json.loads((project / "models/mlflow_run.json").read_text())["run_id"] == run_id
-    assert json.loads((project / "models/registered.json").read_text())["run_id"] == run_id
+    assert run.info.status == "FINISHED" and run.data.tags["pipeline.family"] == "execution"
+    assert run.data.params["train.lr"] == "0.5" and run.data.params["train.epochs"] == "1000"  # from params.yaml
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert {c.data.tags["pipeline.family"] for c in children} == {"model", "baseline"}
+    model = next(c for c in children if c.data.tags["pipeline.family"] == "model")
+    assert "eval_roc_auc" in model.data.metrics and len(client.get_metric_history(model.info.run_id, "cost")) == 1001
+    assert json.loads((project / ".mlproject/mlflow_run.json").read_text())["parent_run_id"] == run_id
+    assert "Data and pipelines are up to date" in dvc(project, "status").stdout  # DVC's outputs untouched
+
+    # Without --experiment-name MLflow puts its run in Default: the pipeline says so and how to fix it.
+    proc = sh([mlflow_bin, "run", ".", "--env-manager", "local", "-P", "epochs=10"], project, env)
+    assert "--experiment-name binary-classifier" in proc.stderr
 
 
 def test_mlflow_run_rejects_a_mistyped_parameter(project):
@@ -100,15 +117,13 @@ def test_mlflow_run_rejects_a_mistyped_parameter(project):
     assert proc.returncode != 0 and "train.epochs: expected int, got float 1.5" in proc.stdout + proc.stderr
 
 
-def test_mlproject_defaults_equal_params_yaml():
+def test_mlproject_parameters_default_to_params_yaml():
     mlproject = yaml.safe_load((REPO / "MLproject").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    checked = 0
-    for name, entry in mlproject["entry_points"].items():
-        for key, param in re.findall(r"--set ([\w.]+)=\{(\w+)\}", entry["command"]):
-            section, field = key.split(".")
-            default = yaml.safe_load(str(entry["parameters"][param]["default"]))
-            assert default == params[section][field], f"MLproject {name}.{param} != params.yaml {key}"
-            checked += 1
-        assert set(entry.get("parameters", {})) == set(re.findall(r"\{(\w+)\}", entry["command"])), name
-    assert checked >= 14
+    (entry,) = mlproject["entry_points"].values()
+    pairs = re.findall(r"--set ([\w.]+)=\{(\w+)\}", entry["command"])
+    assert {name for _, name in pairs} == set(entry["parameters"]) and len(pairs) >= 10
+    for key, name in pairs:
+        section, field = key.split(".")
+        assert field in params[section], key  # a knob of params.yaml ...
+        assert entry["parameters"][name] == {"type": "string", "default": ""}, name  # ... whose value it keeps

@@ -19,7 +19,7 @@ def write(tmp_path: Path, mutate) -> Path:
 def test_defaults_are_the_tutorial():
     p = load_params(REPO / "params.yaml")
     assert (p.train.seed, p.train.lr, p.train.epochs, p.train.device) == (1, 1.0, 1000, "cpu")
-    assert p.data.source == "data/raw/tutorial.csv" and p.data.test_size == 0.0
+    assert p.prepare.source == "data/raw/tutorial.csv" and p.prepare.test_size == 0.0
 
 
 @pytest.mark.parametrize(
@@ -29,11 +29,11 @@ def test_defaults_are_the_tutorial():
         (lambda t: t["train"].pop("lr"), "missing key train.lr"),
         (lambda t: t["train"].update(lr="fast"), "train.lr: expected float, got str"),
         (lambda t: t["train"].update(epochs=10.5), "train.epochs: expected int, got float"),
-        (lambda t: t["data"].update(standardize="yes"), "data.standardize: expected bool"),
+        (lambda t: t["prepare"].update(standardize="yes"), "prepare.standardize: expected bool"),
         (lambda t: t["evaluate"]["baseline"].update(C="x"), "evaluate.baseline.C: expected float"),
         (lambda t: t.pop("register"), "missing key register"),
         (lambda t: t.update(extra={}), "unknown key extra"),
-        (lambda t: t["data"].update(test_size=1.5), "data.test_size: must be in [0, 1)"),
+        (lambda t: t["prepare"].update(test_size=1.5), "prepare.test_size: must be in [0, 1)"),
         (lambda t: t["train"].update(device="tpu"), "train.device: must be one of"),
         (lambda t: t["register"].update(metric="mse"), "register.metric: must be one of"),
     ],

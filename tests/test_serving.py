@@ -38,6 +38,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory, template_store: Path) -
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(REPO / "data/raw", root / "data/raw")
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(template_store, root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     sh([sys.executable, "-m", "pipeline", "run"], root, run_env(MLFLOW_TRACKING_URI=uri))
@@ -308,8 +309,8 @@ def test_batch_scoring_csv_and_parquet_in_chunks(registered, tmp_path):
             str(tmp_path / dst),
             "--keep",
             "id",
-            "--set",
-            "serve.batch_rows=7",
+            "--batch-rows",
+            "7",
         )
         assert result.exit_code == 0, result.output
         assert "scored 25 rows" in result.output
@@ -351,7 +352,7 @@ def test_scaling_travels_inside_the_logged_model(tmp_path):
     import mlflow
 
     from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes
-    from pipeline.registry import pyfunc_spec
+    from pipeline.store import pyfunc_spec
 
     torch.manual_seed(0)
     config = ModelConfig(3, ("a", "b", "c"), 0.3, mean=(10.0, -2.0, 0.5), scale=(4.0, 0.5, 2.0))

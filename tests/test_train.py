@@ -9,7 +9,7 @@ import torch
 from pipeline.data import read_csv
 from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes, load_checkpoint, predict_proba
 from pipeline.params import load_params
-from pipeline.train import DeviceError, resolve_device, sgd_step, train
+from pipeline.training import DeviceError, resolve_device, sgd_step, train
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIAL_LINES = [
@@ -136,10 +136,10 @@ def test_cuda_training_matches_cpu_closely(tutorial):
 
 
 def test_large_data_history_path_gives_the_same_numbers(tutorial, monkeypatch):
-    import pipeline.train
+    import pipeline.training
 
     params, table, result, _ = tutorial
-    monkeypatch.setattr(pipeline.train, "MAX_KEPT_ELEMENTS", 0)  # per-epoch reduction instead of kept outputs
+    monkeypatch.setattr(pipeline.training, "MAX_KEPT_ELEMENTS", 0)  # per-epoch reduction instead of kept outputs
     lines: list[str] = []
     streamed = train(table.X, table.y, params.train, torch.device("cpu"), lines.append)
     assert lines == TUTORIAL_LINES

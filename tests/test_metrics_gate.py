@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from pipeline import tracking
-from pipeline.evaluate import fit_baseline, scores
+from pipeline import store
+from pipeline.metrics import fit_baseline, scores
 from pipeline.params import BaselineParams
-from pipeline.registry import gate
+from pipeline.stages import project_root
 
 
 @pytest.mark.parametrize("n", [6, 57, 1000])
@@ -39,30 +39,17 @@ def test_baseline_is_scikit_learn_logistic_regression():
     assert (model.predict(X) == y).all()
 
 
-def test_gate():
-    assert gate("roc_auc", 0.99, 0.995, 0.01).promote
-    refused = gate("roc_auc", 0.90, 0.995, 0.01)
-    assert not refused.promote and "worse than the baseline" in refused.reason
-    # log_loss: lower is better
-    assert gate("log_loss", 0.10, 0.20, 0.0).promote
-    assert not gate("log_loss", 0.30, 0.20, 0.05).promote
-    # never worse than the current champion, even within the baseline tolerance
-    behind = gate("roc_auc", 0.99, 0.99, 0.01, champion=0.995, champion_version="3")
-    assert not behind.promote and "champion v3" in behind.reason
-    assert gate("roc_auc", 0.995, 0.99, 0.0, champion=0.995, champion_version="3").promote
-
-
 def test_project_root_anchoring(tmp_path):
     (tmp_path / ".dvc").mkdir()
     (tmp_path / "sub").mkdir()
-    assert tracking.project_root({}, tmp_path / "sub") == tmp_path
+    assert project_root({}, tmp_path / "sub") == tmp_path
     exp = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc"
     exp.mkdir(parents=True)
-    assert tracking.project_root({"DVC_ROOT": str(exp)}, Path("/")) == tmp_path
+    assert project_root({"DVC_ROOT": str(exp)}, Path("/")) == tmp_path
 
 
 def test_store_location(tmp_path):
-    assert tracking.tracking_uri(tmp_path, {}) == f"sqlite:///{tmp_path}/mlflow.db"
-    assert tracking.tracking_uri(tmp_path, {"MLFLOW_TRACKING_URI": "http://h:5000"}) == "http://h:5000"
-    assert tracking.artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path / "mlartifacts").as_uri()
-    assert tracking.artifact_location("http://h:5000") is None
+    assert store.tracking_uri(tmp_path, {}) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store.tracking_uri(tmp_path, {"MLFLOW_TRACKING_URI": "http://h:5000"}) == "http://h:5000"
+    assert store.artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path / "mlartifacts").as_uri()
+    assert store.artifact_location("http://h:5000") is None

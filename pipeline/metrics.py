@@ -1,0 +1,120 @@
+"""Evaluation math, pure: one metric set for every model, curves on a fixed grid, and the baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.params import METRICS, BaselineParams
+
+if TYPE_CHECKING:  # sklearn costs ~1 s to import: only the baseline and the curves need it
+    from sklearn.linear_model import LogisticRegression
+
+GRID = np.linspace(0.0, 1.0, 101)  # FPR and recall points of the stored curves: fixed size whatever the rows
+CALIBRATION_BINS = 10
+
+
+def midranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank (what Mann-Whitney and DeLong count)."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], values.size]
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Area under the ROC curve as the Mann-Whitney U statistic, ties counted half."""
+    ranks = midranks(proba)
+    n_pos = int(y_true.sum())
+    n_neg = y_true.size - n_pos
+    return float((ranks[y_true == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def row_log_loss(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Each row's log loss, probabilities clipped as scikit-learn clips them."""
+    eps = np.finfo(np.float64).eps
+    p = np.clip(np.asarray(proba, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(y_true, dtype=np.float64)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def confusion(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> np.ndarray:
+    """[[tn, fp], [fn, tp]] at the threshold, as int64 counts."""
+    y = np.asarray(y_true).astype(np.int64)
+    pred = (np.asarray(proba) >= threshold).astype(np.int64)
+    return np.bincount(2 * y + pred, minlength=4).reshape(2, 2)
+
+
+def from_confusion(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """accuracy, precision, recall, f1 from [..., 2, 2] confusion counts (0 where undefined), vectorised."""
+    tn, fp, fn, tp = (counts[..., i, j].astype(np.float64) for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "accuracy": (tp + tn) / (tp + tn + fp + fn),
+            "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
+            "recall": np.where(tp + fn > 0, tp / (tp + fn), 0.0),
+            "f1": np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0),
+        }
+
+
+def scores(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    """accuracy, log_loss, roc_auc, f1, precision, recall from probabilities of class 1."""
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(proba, dtype=np.float64)
+    counted = {k: float(v) for k, v in from_confusion(confusion(y, p, threshold)).items()}
+    result = {"log_loss": float(np.mean(row_log_loss(y, p))), "roc_auc": roc_auc(y, p), **counted}
+    assert result.keys() == METRICS.keys()  # the gate picks its metric from METRICS
+    return {k: result[k] for k in METRICS}
+
+
+@dataclass(frozen=True)
+class Curves:
+    """One model's evaluation curves in a bounded size: ROC and precision-recall on GRID, calibration bins."""
+
+    tpr: np.ndarray  # true positive rate at each false positive rate of GRID (the ROC's upper step)
+    precision: np.ndarray  # interpolated precision at each recall of GRID (max precision at recall >= r)
+    calibration: np.ndarray  # fraction of positives per predicted-probability bin (NaN: an empty bin)
+    confusion: np.ndarray  # [[tn, fp], [fn, tp]]
+
+
+def curves(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> Curves:
+    """ROC, precision-recall (scikit-learn's), calibration and confusion, reduced to fixed-size arrays."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(proba, dtype=np.float64)
+    fpr, tpr, _ = roc_curve(y, p)
+    at_fpr = np.searchsorted(fpr, GRID, side="right") - 1  # the last ROC point at or left of each grid FPR
+    precision, recall, _ = precision_recall_curve(y, p)
+    order = np.argsort(recall, kind="mergesort")
+    best_to_the_right = np.maximum.accumulate(precision[order][::-1])[::-1]
+    at_recall = np.clip(np.searchsorted(recall[order], GRID, side="left"), 0, recall.size - 1)
+    bins = np.minimum((p * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
+    count = np.bincount(bins, minlength=CALIBRATION_BINS)
+    positives = np.bincount(bins, weights=y, minlength=CALIBRATION_BINS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = np.where(count > 0, positives / count, np.nan)
+    return Curves(tpr[at_fpr], best_to_the_right[at_recall], fraction, confusion(y, p, threshold))
+
+
+def bin_centers() -> np.ndarray:
+    """The predicted probability each calibration bin stands for."""
+    return (np.arange(CALIBRATION_BINS) + 0.5) / CALIBRATION_BINS
+
+
+def fit_baseline(X: np.ndarray, y: np.ndarray, params: BaselineParams) -> LogisticRegression:
+    """scikit-learn's LogisticRegression on the same (standardised) train split."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=params.C, max_iter=params.max_iter, solver=params.solver)
+    return model.fit(X, np.asarray(y).astype(int))
+
+
+def baseline_proba(model: LogisticRegression, X: np.ndarray) -> np.ndarray:
+    """Probability of class 1."""
+    return model.predict_proba(X)[:, list(model.classes_).index(1)]

@@ -1,0 +1,132 @@
+"""The stage layer: one module per command, each doing its stage's file and MLflow work around pure code."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import store
+from pipeline.params import Params, build_params, read_tree
+
+FAMILIES = {"model": "BinaryClassifier", "baseline": "LogisticRegression"}
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file the stages read or write, from dvc.yaml's `vars: paths` (the one place they are declared)."""
+
+    raw: Path
+    prepared: Path
+    model: Path
+    history: Path
+    run_info: Path
+    metrics: Path
+    plots: Path
+    registered: Path
+    reports: Path
+
+    @classmethod
+    def from_dvc_yaml(cls, root: Path) -> Paths:
+        """Read the paths from <root>/dvc.yaml, relative to root."""
+        where = root / "dvc.yaml"
+        try:
+            tree = yaml.safe_load(where.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ValueError(f"{where}: not found; it declares the pipeline's paths (vars: paths)") from None
+        found = next((v["paths"] for v in tree.get("vars", []) if isinstance(v, dict) and "paths" in v), None)
+        names = [f.name for f in fields(cls)]
+        if not isinstance(found, dict) or sorted(found) != sorted(names):
+            raise ValueError(f"{where}: vars must hold paths with exactly the keys {', '.join(names)}")
+        return cls(**{k: root / found[k] for k in names})
+
+    def under(self, folder: Path) -> Paths:
+        """The same layout with every output moved under `folder` (the raw data stays where it is)."""
+        root = folder.resolve()
+        moved = {f.name: root / getattr(self, f.name).name for f in fields(self) if f.name not in ("raw", "prepared")}
+        return replace(self, prepared=root / "prepared", **moved)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every command starts from: the params (file and overrides), the project root, the environment."""
+
+    params: Params
+    params_path: Path
+    overrides: tuple[str, ...]
+    root: Path
+    env: dict[str, str]
+    command: str
+
+    @classmethod
+    def load(cls, params_path: str | Path, overrides: tuple[str, ...], env: dict[str, str], command: str) -> Context:
+        """Validate the params and find the project root."""
+        params_path = Path(params_path)
+        params = build_params(read_tree(params_path), overrides, str(params_path))
+        return cls(params, params_path, overrides, project_root(env, Path.cwd()), env, command)
+
+    @property
+    def uri(self) -> str:
+        """The MLflow tracking (and registry) URI."""
+        return store.tracking_uri(self.root, self.env)
+
+    @functools.cached_property
+    def paths(self) -> Paths:
+        """The pipeline's paths from dvc.yaml."""
+        return Paths.from_dvc_yaml(self.root)
+
+    @functools.cached_property
+    def lineage(self) -> Any:
+        """Where this execution comes from (git, DVC) and how its params differ from that revision."""
+        from pipeline.stages.identity import lineage
+
+        return lineage(self)
+
+    def source_name(self) -> str:
+        """What MLflow's Source column shows: the DVC stage, or the command as typed."""
+        stage = self.env.get("DVC_STAGE")
+        return f"dvc.yaml:{stage}" if stage else f"python -m pipeline {self.command}"
+
+
+def project_root(env: dict[str, str], cwd: Path) -> Path:
+    """The repository root: DVC_ROOT (or cwd) walked up to the folder holding .dvc/."""
+    start = Path(env.get("DVC_ROOT") or cwd).resolve()
+    parts = start.parts
+    # `dvc exp run --temp/--queue` runs in <root>/.dvc/tmp/exps/<name>: anchor on the real root.
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return start
+
+
+def splits(meta: dict[str, Any]) -> tuple[store.Split, store.Split]:
+    """The prepared train and evaluation splits as MLflow datasets (the same one when test_size is 0)."""
+    origin = meta["source"]
+    name = Path(origin).name if Path(origin).suffix else origin.split("(")[0]
+    features, digest = tuple(meta["features"]), meta["sha256"][:12]
+    if meta["evaluated_on"] == "train":
+        both = store.Split(f"{name}:train", digest, origin, meta["n_train"], features, "training, evaluation")
+        return both, both
+    train = store.Split(f"{name}:train", digest, origin, meta["n_train"], features, "training")
+    return train, store.Split(f"{name}:test", digest, origin, meta["n_test"], features, "evaluation")
+
+
+def training_runs(client: Any, info: dict, run_info_path: Path, uri: str) -> tuple[store.RunRef, store.RunRef]:
+    """The execution's parent run and model run named in models/mlflow_run.json, checked to exist in this store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model_run = store.run_ref(client, info["run_id"])
+        parent = store.run_ref(client, info["parent_run_id"], owned=info.get("parent_owned", True))
+    except (KeyError, MlflowException) as exc:
+        raise ValueError(
+            f"{run_info_path}: training run {info.get('run_id')!r} is not in the store {uri}; "
+            "re-run training (`dvc repro --force train`)"
+        ) from exc
+    return parent, model_run

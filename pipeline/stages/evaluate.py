@@ -1,0 +1,104 @@
+"""evaluate: score BinaryClassifier and scikit-learn's baseline on the same split; metrics, plots and figures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline import files, store
+from pipeline.child import InChild
+from pipeline.params import BaselineParams
+from pipeline.stages import FAMILIES, Context, splits, training_runs
+from pipeline.stages.identity import run_tags
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Both models' metrics and curves on the evaluation split, and the baseline's fit on the train split."""
+
+    metrics: dict[str, dict[str, float]]  # {"model": {...}, "baseline": {...}}
+    curves: dict[str, Any]  # family name -> metrics.Curves
+    baseline_fit: dict[str, float]  # the baseline's cost and accuracy on its training rows
+    rows: int
+
+
+def score(emit: Callable[[Scored], None], data_dir: Path, model_path: Path, params: BaselineParams) -> dict:
+    """Both models scored on the evaluation split (a child process); emits the numbers, returns the figures."""
+    from pipeline import data, figures, metrics
+    from pipeline.model import load_checkpoint, predict_proba, standardize
+
+    prepared = data.load_prepared(data_dir)
+    model, config = load_checkpoint(model_path)
+    if config.features != prepared.features:
+        raise ValueError(f"{model_path}: model features {config.features} != prepared {prepared.features}")
+    X_train = standardize(prepared.X_train, config)
+    baseline = metrics.fit_baseline(X_train, prepared.y_train, params)
+    on_train = metrics.scores(prepared.y_train, metrics.baseline_proba(baseline, X_train), config.threshold)
+    probabilities = {
+        "model": predict_proba(model, config, prepared.X_test),
+        "baseline": metrics.baseline_proba(baseline, standardize(prepared.X_test, config)),
+    }
+    y = prepared.y_test
+    scored = Scored(
+        {k: metrics.scores(y, p, config.threshold) for k, p in probabilities.items()},
+        {FAMILIES[k]: metrics.curves(y, p, config.threshold) for k, p in probabilities.items()},
+        {"cost": on_train["log_loss"], "accuracy": on_train["accuracy"]},
+        int(y.shape[0]),
+    )
+    emit(scored)  # the parent writes and logs these while the figures are drawn
+    by_name = {FAMILIES[k]: v for k, v in scored.metrics.items()}
+    overlaid = figures.render(scored.curves, by_name, scored.rows)
+    alone = {name: figures.render({name: c}, by_name, scored.rows) for name, c in scored.curves.items()}
+    return {"execution": overlaid, **alone}
+
+
+def execute(
+    ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path, metrics_path: Path, plots: Path
+) -> None:
+    """Both models scored on the same split; metrics to both runs and a JSON file, curves to DVC and MLflow."""
+    from pipeline import data, figures
+
+    scoring = InChild(score, data_dir, model_path, ctx.params.evaluate.baseline, stream=True)
+    meta = data.read_meta(data_dir)
+    client = store.client(ctx.uri)
+    info = files.read_json(run_info_path)
+    parent, model_run = training_runs(client, info, run_info_path, ctx.uri)
+    train_split, eval_split = splits(meta)
+    tags = {**run_tags(ctx, "baseline", meta["sha256"]), "pipeline.device": "cpu"}  # scikit-learn computes on CPU
+    baseline_run = store.create_child(client, parent, f"{FAMILIES['baseline']} · {ctx.lineage.label()}", tags)
+    runs = {"model": model_run, "baseline": baseline_run}
+    done: list[Scored] = []
+
+    def record(scored: Scored) -> None:
+        done.append(scored)
+        for family, run in runs.items():
+            eval_metrics = {f"eval_{k}": v for k, v in scored.metrics[family].items()}
+            store.log_metrics(client, run.run_id, eval_metrics, split=eval_split)
+            store.set_tags(client, run.run_id, {"pipeline.evaluated_on": meta["evaluated_on"]})
+        store.log_metrics(client, baseline_run.run_id, scored.baseline_fit, split=train_split)
+        click.echo(comparison_table(scored.metrics))
+
+    with store.running(client, baseline_run, parent):
+        store.log_params(client, baseline_run.run_id, ctx.params.knobs())
+        store.log_datasets(client, baseline_run.run_id, list(dict.fromkeys([train_split, eval_split])))
+        rendered = scoring.result(record)
+        store.log_files(client, parent.run_id, rendered["execution"])
+        for family, run in runs.items():
+            store.log_files(client, run.run_id, rendered[FAMILIES[family]])
+        (scored,) = done
+        files.write_json(metrics_path, scored.metrics)  # written last: a failed stage leaves the old ones
+        for table, rows in figures.tables(scored.curves).items():
+            files.write_text(plots / f"{table}.json", json.dumps(rows, indent=1) + "\n")
+
+
+def comparison_table(results: dict[str, dict[str, float]]) -> str:
+    """BinaryClassifier against the baseline, one metric per line."""
+    lines = [f"{'metric':<10} {FAMILIES['model']:>18} {FAMILIES['baseline']:>20}"]
+    for key in results["model"]:
+        lines.append(f"{key:<10} {results['model'][key]:>18.6f} {results['baseline'][key]:>20.6f}")
+    return "\n".join(lines)

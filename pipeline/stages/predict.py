@@ -1,0 +1,47 @@
+"""predict: score a CSV or Parquet file with a registered model, in bounded chunks, into an atomic output."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from pipeline import store
+from pipeline.stages import Context
+
+
+def champion_uri(ctx: Context) -> str:
+    """The registry URI of this project's champion."""
+    return f"models:/{ctx.params.register.model_name}@{store.CHAMPION}"
+
+
+def execute(
+    ctx: Context, model_uri: str, input_path: Path, output_path: Path, keep: tuple[str, ...], batch_rows: int
+) -> None:
+    """Load the model through MLflow (as the server does) and score the file, `batch_rows` rows at a time."""
+    from pipeline import batch
+    from pipeline.sources import file_format
+
+    source = batch.open_input(input_path)  # fail on a bad input before loading anything
+    file_format(output_path)
+    store.client(ctx.uri)
+    model = store.load_pyfunc(model_uri)
+    features = tuple(model.metadata.get_input_schema().input_names())
+    bar = click.progressbar(length=source.total, label=f"scoring {input_path}", file=sys.stderr)
+    tty = sys.stderr.isatty()  # a bar only on a terminal
+    started = time.perf_counter()
+    with bar if tty else contextlib.nullcontext(bar):
+        n = batch.score_file(
+            model.predict,
+            features,
+            source,
+            output_path,
+            batch_rows,
+            keep,
+            on_chunk=lambda chunk: bar.update(chunk.done - bar.pos) if tty else None,
+        )
+    seconds = time.perf_counter() - started
+    click.echo(f"scored {n} rows with {model_uri} -> {output_path} in {seconds:.2f} s ({n / seconds:,.0f} rows/s)")

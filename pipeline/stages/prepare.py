@@ -1,0 +1,24 @@
+"""prepare: stream the source table, validate it, split it and write the prepared arrays atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.stages import Context
+
+
+def execute(ctx: Context, out: Path) -> dict:
+    """Read prepare.source, validate, split, standardise and write `out`; returns its meta."""
+    from pipeline import data
+    from pipeline.sources import open_source
+
+    p = ctx.params.prepare
+    source = open_source(p.source, p.label, p.features, p.synthetic.n_samples, p.synthetic.n_features, p.seed)
+    meta = data.prepare_dir(out, source, p.test_size, p.seed, p.standardize)
+    click.echo(
+        f"prepared {meta['n_train']} train / {meta['n_test']} {meta['evaluated_on']} rows, "
+        f"{len(meta['features'])} features from {source.origin} -> {out} (sha256 {meta['sha256'][:12]})"
+    )
+    return meta

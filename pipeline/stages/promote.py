@@ -1,0 +1,23 @@
+"""promote: a person moves @champion to a version (a rollback included), with who and why recorded."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline import store
+from pipeline.stages import Context
+
+
+def execute(ctx: Context, version: str, reason: str) -> None:
+    """Point @champion at `version` of register.model_name and record the move."""
+    if not reason.strip():
+        raise ValueError("--reason must say why (it is recorded in the alias history)")
+    name = ctx.params.register.model_name
+    client = store.client(ctx.uri)
+    target = store.model_version(client, name, version)
+    evidence = {"manual": True, "run_id": target.run_id}
+    before = store.move_alias(client, name, store.CHAMPION, str(target.version), reason, evidence)
+    if before == str(target.version):
+        click.echo(f"{name} v{target.version} is already @{store.CHAMPION}; nothing moved")
+        return
+    click.echo(f"{name} @{store.CHAMPION}: v{before or '-'} -> v{target.version} (by {store.user()}: {reason})")

@@ -1,0 +1,164 @@
+"""register: log the model, register it as @challenger, and move @champion only on the gate's evidence."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from pipeline import files, gate, store
+from pipeline.stages import Context, splits, training_runs
+
+
+def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path, metrics_path: Path, out: Path) -> None:
+    """One version per distinct checkpoint; @challenger on every new one, @champion through the gate."""
+    from pipeline import data
+
+    p = ctx.params.register
+    meta = data.read_meta(data_dir)
+    results = files.read_json(metrics_path)
+    checkpoint = model_path.read_bytes()
+    client = store.client(ctx.uri)
+    parent, run = training_runs(client, files.read_json(run_info_path), run_info_path, ctx.uri)
+    _, eval_split = splits(meta)
+    sha = store.fingerprint(checkpoint, store.SERVING_CONFIG)
+    with store.running(client, run, parent):
+        version = store.find_version(client, p.model_name, sha)
+        new = version is None
+        if new:
+            version = _register(ctx, client, run, data_dir, model_path, results, eval_split, sha, meta)
+        with store.champion_lock(ctx.uri):  # read the champion, decide and move it as one step
+            decision = _decide(ctx, client, str(version.version), results, data_dir, model_path)
+            record = {"version": str(version.version), "run_id": run.run_id, **asdict(decision)}
+            store.log_files(client, run.run_id, {"gate/decision.json": json.dumps(record, indent=2).encode()})
+            store.set_version_tags(client, p.model_name, version.version, _summary_tags(decision, run.run_id))
+            if decision.promote:
+                evidence = {**_evidence_summary(decision), "decision": f"runs:/{run.run_id}/gate/decision.json"}
+                store.move_alias(client, p.model_name, store.CHAMPION, version.version, decision.reason, evidence)
+        summary = _summary(client, p.model_name, version.version, new, decision)
+        files.write_json(out, summary)
+    click.echo(registration_line(summary))
+
+
+def _register(
+    ctx: Context,
+    client: Any,
+    run: store.RunRef,
+    data_dir: Path,
+    model_path: Path,
+    results: dict,
+    eval_split: store.Split,
+    sha: str,
+    meta: dict,
+) -> Any:
+    """Log the pyfunc (its metrics: the evaluation's), register a version and point @challenger at it."""
+    from pipeline.data import load_prepared
+
+    prepared = load_prepared(data_dir)
+    spec = store.pyfunc_spec(model_path, prepared.features, prepared.X_test[:5], store.SERVING_CONFIG)
+    eval_metrics = {f"eval_{k}": v for k, v in results["model"].items()}
+    model_id = store.log_model(client, run, spec, ctx.params.knobs(), eval_metrics, eval_split)
+    name = ctx.params.register.model_name
+    version = store.register(name, model_id, {store.SHA_TAG: sha, "pipeline.data_sha256": meta["sha256"]})
+    store.move_alias(client, name, store.CHALLENGER, version.version, f"new version from run {run.run_id}")
+    return version
+
+
+def _decide(ctx: Context, client: Any, version: str, results: dict, data_dir: Path, model_path: Path) -> gate.Decision:
+    """Gate `version`: against the baseline always, and against the champion re-scored on the same rows."""
+    p = ctx.params.register
+    model, baseline = results["model"][p.metric], results["baseline"][p.metric]
+    champion = store.alias_version(client, p.model_name, store.CHAMPION)
+    if champion is None:
+        return gate.decide(p.metric, model, baseline, p.tolerance)
+    if str(champion.version) == version:
+        why = f"v{version} is already the champion"
+        return gate.Decision(True, why, p.metric, model, baseline, p.tolerance, champion_version=version)
+    scored = _paired_probabilities(client, p.model_name, str(champion.version), data_dir, model_path)
+    if scored is None:
+        why = (
+            f"champion v{champion.version} takes other features than this data's: not comparable; "
+            "register models for this data under another register.model_name"
+        )
+        return gate.Decision(False, why, p.metric, model, baseline, p.tolerance, champion_version=str(champion.version))
+    y, challenger, champion_p, thresholds = scored
+    evidence = gate.paired_evidence(p.metric, y, challenger, champion_p, thresholds, p.level, p.resamples, p.seed)
+    return gate.decide(p.metric, model, baseline, p.tolerance, evidence, str(champion.version))
+
+
+def _paired_probabilities(
+    client: Any, name: str, champion: str, data_dir: Path, model_path: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]] | None:
+    """Labels and both models' probabilities on the evaluation rows; None when the champion takes other features."""
+    from pipeline.data import load_prepared
+    from pipeline.model import load_checkpoint, predict_proba
+
+    prepared = load_prepared(data_dir)
+    model, config = load_checkpoint(model_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        old, old_config = load_checkpoint(store.checkpoint_path(client, name, champion, Path(tmp)))
+    if old_config.features != prepared.features:
+        return None
+    a, b = predict_proba(model, config, prepared.X_test), predict_proba(old, old_config, prepared.X_test)
+    return prepared.y_test, a, b, (config.threshold, old_config.threshold)
+
+
+def _evidence_summary(decision: gate.Decision) -> dict[str, Any]:
+    """The few numbers a reader of the history needs."""
+    summary: dict[str, Any] = {"metric": decision.metric, "model": decision.model, "baseline": decision.baseline}
+    if decision.evidence is not None:
+        e = decision.evidence
+        summary.update(champion=decision.champion_version, delta=e.delta, low=e.low, high=e.high, n=e.n)
+        summary.update(level=e.level, method=e.method)
+    return summary
+
+
+def _summary_tags(decision: gate.Decision, run_id: str) -> dict[str, str]:
+    """The gate's decision, summarised as model version tags."""
+    tags = {
+        "gate.decision": "promoted" if decision.promote else "not promoted",
+        "gate.reason": decision.reason[:4000],
+        "gate.metric": decision.metric,
+        "gate.model": f"{decision.model:.6f}",
+        "gate.baseline": f"{decision.baseline:.6f}",
+        "gate.evidence": f"runs:/{run_id}/gate/decision.json",
+    }
+    if decision.evidence is not None:
+        e = decision.evidence
+        tags.update({
+            "gate.champion": f"v{decision.champion_version}",
+            "gate.delta": f"{e.delta:+.6f}",
+            "gate.interval": f"[{e.low:+.6f}, {e.high:+.6f}] at {e.level:.0%} ({e.method})",
+            "gate.n": str(e.n),
+        })
+    return tags
+
+
+def _summary(client: Any, name: str, version: str, new: bool, decision: gate.Decision) -> dict[str, Any]:
+    """What models/registered.json records."""
+    current = store.model_version(client, name, version)
+    return {
+        "name": name,
+        "version": int(current.version),
+        "new_version": new,
+        "aliases": sorted(current.aliases),
+        "model_uri": f"models:/{name}/{current.version}",
+        "run_id": current.run_id,
+        "model_sha256": current.tags.get(store.SHA_TAG),
+        "decision": asdict(decision),
+    }
+
+
+def registration_line(summary: dict[str, Any]) -> str:
+    """One sentence on what the registry now holds."""
+    aliases = ", ".join(f"@{a}" for a in summary["aliases"]) or "no aliases"
+    state = "new version" if summary["new_version"] else "unchanged model, existing version"
+    return (
+        f"{summary['name']} v{summary['version']} ({state}; {aliases}): "
+        f"{'champion' if summary['decision']['promote'] else 'not champion'}: {summary['decision']['reason']}"
+    )

@@ -1,0 +1,98 @@
+"""report: the current champion, this workspace's challenger and its baseline, compared on the same rows."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline import files, store
+from pipeline.stages import FAMILIES, Context, Paths
+from pipeline.stages.evaluate import comparison_table
+from pipeline.stages.register import registration_line
+
+
+def execute(ctx: Context, paths: Paths) -> None:
+    """Write <reports>/report.html (self-contained) and report.md with its figures; print where they are."""
+    from pipeline import data, figures, reporting
+
+    results = files.read_json(paths.metrics)
+    summary = files.read_json(paths.registered)
+    tables = {name: files.read_json(paths.plots / f"{name}.json") for name in figures.TABLES}
+    ours = figures.from_tables(tables)
+    meta = data.read_meta(paths.prepared)
+    client = store.client(ctx.uri)
+    name, version = summary["name"], str(summary["version"])
+    notes: list[str] = []
+    champion = store.alias_version(client, name, store.CHAMPION)
+    challenger = store.alias_version(client, name, store.CHALLENGER)
+    if challenger is not None and str(challenger.version) != version:
+        notes.append(f"@challenger is now v{challenger.version}, registered since; this report is about v{version}")
+    columns, curves = [], {}
+    params_diff: list[tuple[str, str, str]] = []
+    if champion is None:
+        notes.append("there is no @champion yet")
+    elif str(champion.version) != version:
+        rescored = _rescore(client, name, str(champion.version), paths.prepared)
+        if rescored is None:
+            notes.append(f"champion v{champion.version} takes other features: it cannot be scored on this data")
+        else:
+            label = f"champion v{champion.version}"
+            columns.append(reporting.Column(label, store.run_name(client, champion.run_id), rescored[0]))
+            curves[label] = rescored[1]
+            params_diff = _params_diff(client, champion.run_id, summary["run_id"])
+    same = champion is not None and str(champion.version) == version
+    label = f"challenger v{version}" + (" = champion" if same else "")
+    columns.append(reporting.Column(label, store.run_name(client, summary["run_id"]), results["model"]))
+    curves[label] = ours[FAMILIES["model"]]
+    columns.append(reporting.Column("baseline", FAMILIES["baseline"], results["baseline"]))
+    curves["baseline"] = ours[FAMILIES["baseline"]]
+    rows = int(curves[label].confusion.sum())
+    report = reporting.Report(
+        model_name=name,
+        generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        store=ctx.uri,
+        rows=rows,
+        evaluated_on=meta["evaluated_on"],
+        columns=columns,
+        params_diff=params_diff,
+        decision=summary["decision"],
+        outcome=registration_line(summary),
+        figures=figures.render(curves, {c.label: c.metrics for c in columns}, rows),
+        notes=notes,
+    )
+    out = paths.reports
+    for key, png in report.figures.items():
+        files.write_bytes(out / "figures" / key, png)
+    files.write_text(out / "report.md", reporting.to_markdown(report))
+    files.write_text(out / "report.html", reporting.to_html(report))
+    click.echo(comparison_table(results))
+    click.echo(registration_line(summary))
+    click.echo(f"report: {(out / 'report.html').resolve().as_uri()} (and report.md for a CI comment)")
+
+
+def _rescore(client: Any, name: str, version: str, prepared_dir: Path) -> tuple[dict[str, float], Any] | None:
+    """A version's metrics and curves on this workspace's evaluation rows; None if it takes other features."""
+    from pipeline import metrics
+    from pipeline.data import load_prepared
+    from pipeline.model import load_checkpoint, predict_proba
+
+    prepared = load_prepared(prepared_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, config = load_checkpoint(store.checkpoint_path(client, name, version, Path(tmp)))
+    if config.features != prepared.features:
+        return None
+    proba = predict_proba(model, config, prepared.X_test)
+    y = prepared.y_test
+    return metrics.scores(y, proba, config.threshold), metrics.curves(y, proba, config.threshold)
+
+
+def _params_diff(client: Any, champion_run: str, challenger_run: str) -> list[tuple[str, str, str]]:
+    """The params whose values differ between the champion's run and the challenger's."""
+    old, new = store.run_data(client, champion_run)[0], store.run_data(client, challenger_run)[0]
+    keys = sorted(set(old) | set(new))
+    return [(k, old.get(k, "-"), new.get(k, "-")) for k in keys if old.get(k) != new.get(k)]
+

@@ -1,0 +1,479 @@
+"""Every MLflow call of the pipeline: the store's URI, runs, tags, batched metrics, datasets, models, aliases."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # mlflow costs ~1.4 s to import: only the functions that talk to the store import it
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+MAX_PARAM_VALUE = 6000  # MLflow's param value limit
+FAMILY_TAG = "pipeline.family"  # "model" (BinaryClassifier), "baseline" (scikit-learn) or "execution" (parent)
+PARENT_TAG = "mlflow.parentRunId"  # what nests a run under its parent in the UI
+SHA_TAG = "model_sha256"
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+ALIAS_LOG = "alias_log."  # registered-model tags, one per alias move: the history everyone on a server sees
+# How a registered model serves unless told otherwise (MLflow's model_config: SERVING_MODEL_CONFIG or
+# `pipeline serve --device/--max-request-mb` override it): on the CPU even on a CUDA host, bodies to 16 MiB.
+SERVING_CONFIG = {"device": "cpu", "max_request_bytes": 16 << 20}
+# What the served model needs; versions come from this environment, local build tags dropped.
+SERVING_PACKAGES = ("mlflow", "torch", "numpy", "pandas")
+EXPERIMENT_DESCRIPTION = (
+    "The PyTorch tutorial's BinaryClassifier (nn.Linear + nn.Sigmoid) against scikit-learn's LogisticRegression. "
+    "One parent run per pipeline execution (`dvc repro`, `dvc exp run`, `python -m pipeline run`, `mlflow run`), "
+    "named after its DVC experiment or commit and the params that differ from that revision; its children are "
+    "the BinaryClassifier run (per-epoch cost and accuracy, the logged model) and the LogisticRegression run. "
+    "Evaluation figures are artifacts of all three; the champion gate's evidence is in the model run's "
+    "gate/decision.json. `python -m pipeline history` lists every move of @champion and @challenger."
+)
+
+
+def tracking_uri(root: Path, env: Mapping[str, str]) -> str:
+    """MLFLOW_TRACKING_URI when set, else sqlite:///<root>/mlflow.db (never relative to cwd)."""
+    return env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """For a sqlite store, artifacts live in mlartifacts/ beside the database; servers decide their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
+def client(uri: str) -> MlflowClient:
+    """A client bound to one store (tracking and registry); fluent calls go to the same store."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def context_tags(source_name: str) -> dict[str, str]:
+    """MLflow's own run-context tags (user, source type), with a source name a person can read."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {k: v for k, v in resolve_tags().items() if not k.startswith("mlflow.source.git")}
+    return {**tags, "mlflow.source.name": source_name}
+
+
+def experiment_id(mlflow_client: MlflowClient, name: str, uri: str) -> str:
+    """Get or create the experiment (artifacts beside a sqlite store), with its description."""
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        tags = {"mlflow.note.content": EXPERIMENT_DESCRIPTION}
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location(uri), tags=tags)
+    if "mlflow.note.content" not in experiment.tags:
+        mlflow_client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
+    return experiment.experiment_id
+
+
+# ---------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class RunRef:
+    """A run and whether this process owns its lifecycle (False for the run `mlflow run` made)."""
+
+    run_id: str
+    experiment_id: str
+    owned: bool = True
+
+
+def open_parent(
+    mlflow_client: MlflowClient, experiment: str, uri: str, name: str, tags: Mapping[str, str], run_id: str | None
+) -> tuple[RunRef, str | None]:
+    """The execution's parent run: the one `mlflow run` made (run_id), else a new one in `experiment`.
+
+    Returns the run and, under `mlflow run`, a warning when its run is not in `experiment`.
+    """
+    if run_id:
+        run = mlflow_client.get_run(run_id)
+        mlflow_client.log_batch(run_id, tags=_tags({**tags, "mlflow.runName": name}))
+        exp = mlflow_client.get_experiment(run.info.experiment_id)
+        warning = None
+        if exp.name != experiment:
+            warning = (
+                f"`mlflow run` created run {run_id} in experiment {exp.name!r}, not {experiment!r} where the "
+                f"pipeline's other runs are: use `mlflow run . --experiment-name {experiment}` "
+                f"(or export MLFLOW_EXPERIMENT_NAME={experiment}) to keep them together"
+            )
+        return RunRef(run_id, run.info.experiment_id, owned=False), warning
+    exp_id = experiment_id(mlflow_client, experiment, uri)
+    run = mlflow_client.create_run(exp_id, run_name=name, tags=dict(tags))
+    return RunRef(run.info.run_id, exp_id), None
+
+
+def create_child(mlflow_client: MlflowClient, parent: RunRef, name: str, tags: Mapping[str, str]) -> RunRef:
+    """A run nested under the parent in the UI."""
+    run = mlflow_client.create_run(parent.experiment_id, run_name=name, tags={**tags, PARENT_TAG: parent.run_id})
+    return RunRef(run.info.run_id, parent.experiment_id)
+
+
+def run_ref(mlflow_client: MlflowClient, run_id: str, owned: bool = True) -> RunRef:
+    """A run known by id; raises MlflowException when this store does not have it."""
+    run = mlflow_client.get_run(run_id)
+    return RunRef(run.info.run_id, run.info.experiment_id, owned)
+
+
+def run_data(mlflow_client: MlflowClient, run_id: str) -> tuple[dict[str, str], dict[str, str], dict[str, float]]:
+    """A run's params, tags and latest metrics."""
+    data = mlflow_client.get_run(run_id).data
+    return dict(data.params), dict(data.tags), dict(data.metrics)
+
+
+def run_name(mlflow_client: MlflowClient, run_id: str) -> str:
+    """The run's name as the UI shows it."""
+    return mlflow_client.get_run(run_id).info.run_name or run_id
+
+
+@contextmanager
+def running(mlflow_client: MlflowClient, *runs: RunRef) -> Iterator[None]:
+    """RUNNING while the body works; then FINISHED, or FAILED (KILLED on Ctrl-C) if it raised.
+
+    Runs we do not own (`mlflow run`'s) only get FAILED/KILLED: their FINISHED is MLflow's to set.
+    """
+    for run in runs:
+        if run.owned:
+            mlflow_client.update_run(run.run_id, status="RUNNING")
+    try:
+        yield
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for run in runs:
+            mlflow_client.set_terminated(run.run_id, status)
+        raise
+    for run in runs:
+        if run.owned:
+            mlflow_client.set_terminated(run.run_id, "FINISHED")
+
+
+def _tags(tags: Mapping[str, str]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in tags.items()]
+
+
+def log_params(mlflow_client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """All params in one call, written as params.yaml would hold them (null, lists as JSON)."""
+    from mlflow.entities import Param
+
+    def text(value: Any) -> str:
+        value = "null" if value is None else json.dumps(value) if isinstance(value, list) else str(value)
+        return value[:MAX_PARAM_VALUE]
+
+    mlflow_client.log_batch(run_id, params=[Param(k, text(v)) for k, v in params.items()])
+
+
+def set_tags(mlflow_client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Several tags in one call."""
+    mlflow_client.log_batch(run_id, tags=_tags(tags))
+
+
+@dataclass(frozen=True)
+class Split:
+    """A prepared split as an MLflow dataset: digest = the prepared data's hash, with source and counts."""
+
+    name: str
+    digest: str
+    source: str
+    rows: int
+    features: tuple[str, ...]
+    context: str  # MLflow's input context: "training", "evaluation" or both
+
+
+def log_datasets(mlflow_client: MlflowClient, run_id: str, splits: list[Split]) -> None:
+    """Link the splits to the run as inputs, so the runs table's Dataset column names them."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for split in splits:
+        local = Path(split.source)
+        source_type, source = ("local", {"uri": local.resolve().as_uri()}) if local.suffix else ("code", {})
+        schema = {"mlflow_colspec": [{"type": "float", "name": f} for f in split.features]}
+        profile = {"num_rows": split.rows, "num_features": len(split.features)}
+        dataset = Dataset(
+            name=split.name,
+            digest=split.digest,
+            source_type=source_type,
+            source=json.dumps({**source, "name": split.source}),
+            schema=json.dumps(schema),
+            profile=json.dumps(profile),
+        )
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", split.context)]))
+    mlflow_client.log_inputs(run_id, datasets=inputs)
+
+
+def log_metrics(
+    mlflow_client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int = 0,
+    split: Split | None = None,
+    model_id: str | None = None,
+) -> None:
+    """A dict of scalar metrics in one call, optionally tied to the dataset and the logged model they measure."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    ties = dict(model_id=model_id, dataset_name=split and split.name, dataset_digest=split and split.digest)
+    batch = [Metric(k, float(v), now, step, **ties) for k, v in metrics.items()]
+    mlflow_client.log_batch(run_id, metrics=batch)
+
+
+def log_history(mlflow_client: MlflowClient, run_id: str, series: Mapping[str, Any], first_step: int = 0) -> None:
+    """Per-epoch series (step = epoch) in batches of MLflow's 1000-metric limit, not one call each."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, value, now, step)
+        for key, values in series.items()
+        for step, value in enumerate(map(float, values), start=first_step)
+    ]
+    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        mlflow_client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+
+
+def log_files(mlflow_client: MlflowClient, run_id: str, files: Mapping[str, bytes]) -> None:
+    """Artifacts from bytes, e.g. {"roc.png": b"..."}, in one upload.
+
+    The UI's Compare page shows only files at the artifact root that both runs have: figures go there.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            path = Path(tmp, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        mlflow_client.log_artifacts(run_id, tmp)
+
+
+# ---------------------------------------------------------------- models and the registry
+def fingerprint(checkpoint: bytes, model_config: dict[str, Any]) -> str:
+    """Identity of a model: the checkpoint (weights, features, scaling, threshold) and how it serves."""
+    serving = json.dumps(model_config, sort_keys=True).encode()
+    return hashlib.sha256(checkpoint + b"\0" + serving).hexdigest()
+
+
+def pip_requirements() -> list[str]:
+    """Pins for the serving environment, from the versions installed here."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in SERVING_PACKAGES]
+
+
+def find_version(mlflow_client: MlflowClient, name: str, sha: str) -> ModelVersion | None:
+    """The oldest version of `name` whose checkpoint has this fingerprint."""
+    versions = mlflow_client.search_model_versions(f"name = '{name}' and tags.{SHA_TAG} = '{sha}'")
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def alias_version(mlflow_client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version behind an alias, if any (with its tags and aliases)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def model_version(mlflow_client: MlflowClient, name: str, version: str) -> ModelVersion:
+    """One version with its aliases (search results carry none); a clear error when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise ValueError(f"registered model {name!r} has no version {version!r}") from exc
+
+
+def pyfunc_spec(
+    checkpoint: Path, features: tuple[str, ...], example: np.ndarray, model_config: dict[str, Any]
+) -> dict[str, Any]:
+    """Arguments of mlflow.pyfunc.log_model/save_model for our model (loader module, no pickle).
+
+    Columns are `double`: MLflow's REST parser casts JSON and CSV numbers to it, and float32 and
+    float64 frames pass; MLflow itself refuses int64 frames from Python as a lossy cast.
+    """
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    import pipeline
+
+    return dict(
+        loader_module="pipeline.serving",
+        data_path=str(checkpoint),
+        code_paths=[str(Path(pipeline.__file__).parent)],
+        signature=ModelSignature(
+            inputs=Schema([ColSpec("double", f) for f in features]),
+            outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
+        ),
+        input_example=pd.DataFrame(example.astype(np.float64), columns=list(features)),
+        pip_requirements=pip_requirements(),
+        model_config=model_config,
+    )
+
+
+def log_model(
+    mlflow_client: MlflowClient,
+    run: RunRef,
+    spec: dict[str, Any],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    split: Split,
+) -> str:
+    """Log the pyfunc into the run as a LoggedModel whose metrics are its evaluation metrics; returns its id.
+
+    log_model() would link the run's step-0 metrics to the model (epoch 0's cost and accuracy), so
+    the LoggedModel is created first, its evaluation metrics logged against it, and the artifacts
+    logged with no active run; the run then lists it as an output.
+    """
+    import mlflow
+    from mlflow.entities import LoggedModelOutput
+
+    logged = mlflow.initialize_logged_model(
+        name="model",
+        source_run_id=run.run_id,
+        params={k: str(v) for k, v in params.items()},
+        experiment_id=run.experiment_id,
+    )
+    log_metrics(mlflow_client, run.run_id, metrics, split=split, model_id=logged.model_id)
+    mlflow.pyfunc.log_model(name="model", model_id=logged.model_id, **spec)
+    mlflow_client.log_outputs(run.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    return logged.model_id
+
+
+def register(name: str, model_id: str, tags: Mapping[str, str]) -> ModelVersion:
+    """A new version of `name` from a logged model."""
+    import mlflow
+
+    return mlflow.register_model(f"models:/{model_id}", name, tags=dict(tags))
+
+
+def set_version_tags(mlflow_client: MlflowClient, name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Tags on a model version (the gate's summary)."""
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, str(version), key, str(value))
+
+
+@contextmanager
+def champion_lock(uri: str) -> Iterator[None]:
+    """Serialise read-the-champion, decide, move-the-alias across processes sharing a sqlite store.
+
+    Two registrations that each read the champion first could both move it, the worse last. A file
+    lock beside the database makes the three steps one; a tracking server has no such lock, so
+    there the race remains (a window of a second or so between reading and moving).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(uri.removeprefix("sqlite:///") + ".champion.lock", timeout=600):
+        yield
+
+
+def user() -> str:
+    """Who is acting, as MLflow records run users."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def move_alias(
+    mlflow_client: MlflowClient,
+    name: str,
+    alias: str,
+    version: str,
+    reason: str,
+    evidence: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Point `alias` at `version` and record the move in the registered model's tags; returns the previous one."""
+    previous = alias_version(mlflow_client, name, alias)
+    before = None if previous is None else str(previous.version)
+    if before == str(version):
+        return before
+    mlflow_client.set_registered_model_alias(name, alias, str(version))
+    now = datetime.now(UTC)
+    record = {
+        "when": now.isoformat(timespec="seconds"),
+        "alias": alias,
+        "from": before,
+        "to": str(version),
+        "by": user(),
+        "reason": reason,
+        "evidence": dict(evidence or {}),
+    }
+    key = f"{ALIAS_LOG}{now.strftime('%Y%m%dT%H%M%S%f')}.{secrets.token_hex(3)}"  # sortable, unique per move
+    mlflow_client.set_registered_model_tag(name, key, json.dumps(record, sort_keys=True))
+    return before
+
+
+def alias_history(mlflow_client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Every recorded alias move of `name`, oldest first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow_client.get_registered_model(name)
+    except MlflowException as exc:
+        raise ValueError(f"no registered model {name!r} in this store") from exc
+    return [json.loads(model.tags[k]) for k in sorted(k for k in model.tags if k.startswith(ALIAS_LOG))]
+
+
+def checkpoint_path(mlflow_client: MlflowClient, name: str, version: str, into: Path) -> Path:
+    """Download a version's checkpoint (the pyfunc's data file) into `into`; returns its path."""
+    import mlflow
+    from mlflow.models import Model
+
+    uri = f"models:/{name}/{version}"
+    flavor = Model.load(uri).flavors["python_function"]
+    return Path(mlflow.artifacts.download_artifacts(f"{uri}/{flavor['data']}", dst_path=str(into)))
+
+
+def load_pyfunc(uri: str) -> Any:
+    """A model through MLflow's pyfunc loader, as `mlflow models serve` loads it."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(uri)
+
+
+def describe_model(mlflow_client: MlflowClient, uri: str) -> dict[str, Any]:
+    """A model's name and version (for registry URIs), input and output columns, and its serving input example."""
+    from mlflow.models import Model
+    from mlflow.models.utils import load_serving_example
+
+    model = Model.load(uri)
+    title = uri
+    if uri.startswith("models:/"):
+        name, _, ref = uri.removeprefix("models:/").partition("@")
+        version = (
+            alias_version(mlflow_client, name, ref) if ref else model_version(mlflow_client, *name.split("/", 1))
+        )
+        if version is not None:
+            version = model_version(mlflow_client, version.name, version.version)  # with its aliases
+            aliases = ", ".join(f"@{a}" for a in sorted(version.aliases)) or "no aliases"
+            title = f"{version.name} v{version.version} ({aliases}) from {uri}"
+    example = load_serving_example(uri)
+    return {
+        "title": title,
+        "inputs": [(spec.name, str(spec.type)) for spec in model.signature.inputs.inputs],
+        "outputs": model.signature.outputs.input_names(),
+        "example": None if example is None else json.loads(example),
+    }

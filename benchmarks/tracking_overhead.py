@@ -81,12 +81,12 @@ def timed(fn: Callable[[], float | None], repeats: int) -> float:
 
 def main() -> None:
     params = load_params(REPO / "params.yaml")
-    table = data.read_csv(REPO / "data/raw/tutorial.csv", "y")
-    x_train, y_train = torch.from_numpy(table.X), torch.from_numpy(table.y).reshape(-1, 1)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared"
         source = open_source(str(REPO / "data/raw/tutorial.csv"), "y", None, 0, 0, 1)
         data.prepare_dir(prepared, source, 0.0, seed=1, standardize=False)
+        table = data.load_prepared(prepared)
+        x_train, y_train = torch.from_numpy(table.X_train), torch.from_numpy(table.y_train).reshape(-1, 1)
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         client = store.client(uri)
         exp_id = store.experiment_id(client, "benchmark", uri)
@@ -96,7 +96,7 @@ def main() -> None:
 
         def sequential() -> None:
             run_id = client.create_run(exp_id).info.run_id
-            result = train(table.X, table.y, params.train, torch.device("cpu"), lambda _: None)
+            result = train(table.X_train, table.y_train, params.train, torch.device("cpu"), lambda _: None)
             store.log_history(client, run_id, {"cost": result.cost, "accuracy": result.accuracy})
 
         def stage() -> float:

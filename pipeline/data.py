@@ -16,20 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import files
-from pipeline.sources import CHUNK_ROWS, Chunk, DataError, Source, csv_source, open_source
+from pipeline.sources import CHUNK_ROWS, Chunk, DataError, Source
 
-__all__ = ["DataError", "Prepared", "Table", "load_prepared", "prepare_dir", "read_meta", "read_table"]
-
-
-@dataclass(frozen=True)
-class Table:
-    """A whole table in memory (small data and tests): float32 features, 0/1 labels, names."""
-
-    X: np.ndarray
-    y: np.ndarray
-    features: tuple[str, ...]
-    label: str
-    origin: str
+__all__ = ["DataError", "Prepared", "load_prepared", "prepare_dir", "read_meta"]
 
 
 @dataclass(frozen=True)
@@ -74,30 +63,6 @@ def check_labels(y: np.ndarray, source: Source) -> None:
         raise DataError(f"{source.origin}, column {source.label!r}: only one class present ({y[0]:g}); need both")
 
 
-def read_table(source: Source) -> Table:
-    """Every row in memory, validated (for small data and tests; the stage streams instead)."""
-    chunks = list(source.chunks())
-    for chunk in chunks:
-        check_chunk(chunk, source)
-    X = np.concatenate([c.X for c in chunks]) if chunks else np.empty((0, len(source.features)), np.float32)
-    y = np.concatenate([c.y for c in chunks]) if chunks else np.empty(0, np.float32)
-    check_labels(y, source)
-    return Table(X, y, source.features, source.label, source.origin)
-
-
-def read_csv(path: str | Path, label: str) -> Table:
-    """A numeric CSV with a header; `label` is the label column, the rest are features."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    return read_table(csv_source(path, label, None))
-
-
-def load_source(source: str, label: str) -> Table:
-    """A CSV or Parquet path or a bundled dataset, in memory."""
-    return read_table(open_source(source, label, None, 0, 0, 0))
-
-
 def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded per-class shuffle; each class contributes round(test_size * count) test rows."""
     if test_size == 0:
@@ -110,7 +75,7 @@ def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.nda
         n_test = int(round(test_size * idx.size))
         if n_test == 0 or n_test == idx.size:
             raise DataError(
-                f"data.test_size={test_size} leaves class {cls:g} ({idx.size} rows) with no "
+                f"prepare.test_size={test_size} leaves class {cls:g} ({idx.size} rows) with no "
                 f"{'test' if n_test == 0 else 'train'} rows"
             )
         test.append(idx[:n_test])

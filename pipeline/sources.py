@@ -178,10 +178,15 @@ def parquet_source(path: Path, label: str, features: list[str] | None) -> Source
 
 
 # ---------------------------------------------------------------- generated and bundled
+SYNTHETIC_BLOCK = 1 << 16  # rows per generator stream: row i comes from stream i // SYNTHETIC_BLOCK
+
+
 def synthetic(n_samples: int, n_features: int, seed: int, label: str) -> Source:
     """A seeded logistic-model table: features with varied offsets and scales, labels drawn from the model.
 
-    Chunk k comes from its own generator (seed, k), so the table is the same however it is read.
+    Row i is drawn by the generators (seed, i // SYNTHETIC_BLOCK), features and labels from separate
+    streams, so every row is a function of the seed and its index alone: the same table whatever the
+    chunk size it is read in, and whatever n_samples (a longer table extends a shorter one).
     """
     if n_samples < 2 or n_features < 1:
         raise DataError(f"synthetic: need n_samples >= 2 and n_features >= 1, got {n_samples} x {n_features}")
@@ -192,14 +197,27 @@ def synthetic(n_samples: int, n_features: int, seed: int, label: str) -> Source:
     bias = np.float32(rng.normal(0, 0.5))
     names = tuple(f"x{j + 1}" for j in range(n_features))
 
+    def block(b: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = min(SYNTHETIC_BLOCK, n_samples - b * SYNTHETIC_BLOCK)
+        Z = np.random.default_rng([seed, b, 0]).standard_normal((rows, n_features), dtype=np.float32)
+        draw = np.random.default_rng([seed, b, 1]).random(rows, dtype=np.float32)  # its own stream: see above
+        p = 1 / (1 + np.exp(-(Z @ weights + bias)))
+        return Z * scale + loc, (draw < p).astype(np.float32)
+
     def chunks() -> Iterator[Chunk]:
-        for k, start in enumerate(range(0, n_samples, CHUNK_ROWS)):
-            rows = min(CHUNK_ROWS, n_samples - start)
-            g = np.random.default_rng([seed, k])
-            Z = g.standard_normal((rows, n_features), dtype=np.float32)
-            p = 1 / (1 + np.exp(-(Z @ weights + bias)))
-            y = (g.random(rows, dtype=np.float32) < p).astype(np.float32)
-            yield Chunk(Z * scale + loc, y, start + 1)
+        cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for start in range(0, n_samples, CHUNK_ROWS):
+            stop = min(n_samples, start + CHUNK_ROWS)
+            X_parts, y_parts = [], []
+            for b in range(start // SYNTHETIC_BLOCK, (stop - 1) // SYNTHETIC_BLOCK + 1):
+                if b not in cached:
+                    cached.clear()  # chunks move forward: one block in memory at a time
+                    cached[b] = block(b)
+                X, y = cached[b]
+                lo, hi = max(start, b * SYNTHETIC_BLOCK), min(stop, (b + 1) * SYNTHETIC_BLOCK)
+                X_parts.append(X[lo - b * SYNTHETIC_BLOCK : hi - b * SYNTHETIC_BLOCK])
+                y_parts.append(y[lo - b * SYNTHETIC_BLOCK : hi - b * SYNTHETIC_BLOCK])
+            yield Chunk(np.concatenate(X_parts), np.concatenate(y_parts), start + 1)
 
     return Source(f"synthetic({n_samples}x{n_features}, seed {seed})", label, names, chunks)
 

@@ -26,6 +26,14 @@ PROJECT_FILES = [
 ]
 
 
+def prepared(source, where: Path):
+    """A source through the prepare stage's own path (validated, written, mapped), every row as train."""
+    from pipeline import data
+
+    data.prepare_dir(where, source, 0.0, 1, False)
+    return data.load_prepared(where)
+
+
 @pytest.fixture(scope="session")
 def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty, fully migrated sqlite store; creating one costs seconds, copying it does not."""

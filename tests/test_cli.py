@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
@@ -137,22 +138,61 @@ def test_child_process_outcomes():
         InChild(os._exit, 3).result()
 
 
-def test_champion_moves_only_through_the_gate(workdir, store_uri):
+def test_champion_moves_only_on_evidence_or_by_hand(workdir, store_uri):
     def pipeline_run(*overrides):
         args = [x for o in overrides for x in ("--set", o)]
         result = CliRunner().invoke(main, ["run", *args], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         return json.loads((workdir / "models/registered.json").read_text())
 
+    client = MlflowClient(store_uri)
     first = pipeline_run()
     assert first["version"] == 1 and first["aliases"] == ["challenger", "champion"]
-    # Barely trained: roc_auc 8/9 against the baseline's 1.0, so challenger only.
+    assert first["decision"]["reason"].startswith("first champion")
+    # lr=0.5: roc_auc 1.0 like the champion's on the same six rows. A tie is not an improvement.
+    tie = pipeline_run("train.lr=0.5")
+    assert tie["version"] == 2 and tie["aliases"] == ["challenger"] and not tie["decision"]["promote"]
+    assert "a tie is not an improvement" in tie["decision"]["reason"]
+    assert tie["decision"]["evidence"]["method"] == "DeLong" and tie["decision"]["evidence"]["n"] == 6
+    # Barely trained: roc_auc 8/9 against the baseline's 1.0.
     weak = pipeline_run("train.epochs=1", "train.lr=0.001")
-    assert weak["version"] == 2 and weak["aliases"] == ["challenger"] and not weak["decision"]["promote"]
+    assert weak["version"] == 3 and not weak["decision"]["promote"]
     assert "worse than the baseline" in weak["decision"]["reason"]
     # Other features than the champion's: registered, but never compared as if alike.
     other = pipeline_run("prepare.source=breast_cancer", "prepare.test_size=0.2", "prepare.standardize=true")
-    assert other["version"] == 3 and not other["decision"]["promote"]
+    assert other["version"] == 4 and not other["decision"]["promote"]
     assert "not comparable" in other["decision"]["reason"]
-    champion = MlflowClient(store_uri).get_model_version_by_alias("BinaryClassifier", "champion")
-    assert str(champion.version) == "1"
+    assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
+
+    # Breast cancer under its own name, gated on log_loss: the better model takes @champion, a worse one not.
+    bc = [
+        "prepare.source=breast_cancer", "prepare.test_size=0.3", "prepare.standardize=true",
+        "register.model_name=BreastCancer", "register.metric=log_loss", "register.tolerance=1.0",
+    ]  # fmt: skip
+    rough = pipeline_run(*bc, "train.epochs=3", "train.lr=0.05")
+    assert rough["aliases"] == ["challenger", "champion"]
+    strong = pipeline_run(*bc, "train.optimizer=lbfgs", "train.C=1")
+    evidence = strong["decision"]["evidence"]
+    assert strong["decision"]["promote"] and evidence["low"] > 0 and evidence["method"] == "bootstrap"
+    assert evidence["n"] == 171 and evidence["seed"] == 1 and evidence["resamples"] == 1000
+    middling = pipeline_run(*bc, "train.epochs=20", "train.lr=0.05")
+    assert not middling["decision"]["promote"] and middling["decision"]["evidence"]["delta"] < 0
+    assert str(client.get_model_version_by_alias("BreastCancer", "champion").version) == str(strong["version"])
+    tags = client.get_model_version("BreastCancer", str(middling["version"])).tags
+    assert tags["gate.decision"] == "not promoted" and tags["gate.champion"] == f"v{strong['version']}"
+    saved = mlflow.artifacts.download_artifacts(run_id=middling["run_id"], artifact_path="gate/decision.json")
+    decision = json.loads(Path(saved).read_text())
+    assert decision["version"] == str(middling["version"]) and decision["evidence"] == middling["decision"]["evidence"]
+
+    # A person rolls back, with a reason; the history shows every move, from the store alone.
+    bc_name = ["--set", "register.model_name=BreastCancer"]
+    result = invoke("promote", str(rough["version"]), "--reason", "rollback drill", *bc_name)
+    assert result.exit_code == 0 and f"v{strong['version']} -> v{rough['version']}" in result.output
+    assert str(client.get_model_version_by_alias("BreastCancer", "champion").version) == str(rough["version"])
+    lines = invoke("history", *bc_name).output.splitlines()
+    champion_moves = [line for line in lines if "@champion" in line]
+    assert len(champion_moves) == 3 and "rollback drill" in champion_moves[-1] and "[manual]" in champion_moves[-1]
+    assert "log_loss" in champion_moves[1] and "bootstrap, n=171" in champion_moves[1]
+    assert sum("@challenger" in line for line in lines) == 3
+    refused = CliRunner().invoke(main, ["promote", "99", "--reason", "x", *bc_name])
+    assert refused.exit_code == 1 and "has no version '99'" in refused.output

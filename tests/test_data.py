@@ -6,6 +6,8 @@ import pytest
 from pipeline import data
 from pipeline.sources import open_source
 
+from .conftest import prepared
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -15,16 +17,22 @@ def csv(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_tutorial_csv():
-    table = data.read_csv(REPO / "data/raw/tutorial.csv", "y")
+def source(name, **kw):
+    args = dict(label="y", features=None, n_samples=0, n_features=0, seed=1) | kw
+    return open_source(name, args["label"], args["features"], args["n_samples"], args["n_features"], args["seed"])
+
+
+def test_tutorial_csv(tmp_path):
+    table = prepared(source(str(REPO / "data/raw/tutorial.csv")), tmp_path / "p")
     assert table.features == ("x1", "x2")
-    assert table.X.dtype == np.float32 and table.X.tolist() == [[1, 2], [2, 3], [3, 1], [4, 3], [5, 3], [6, 2]]
-    assert table.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert table.X_train.dtype == np.float32
+    assert table.X_train.tolist() == [[1, 2], [2, 3], [3, 1], [4, 3], [5, 3], [6, 2]]
+    assert table.y_train.tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_label_column_may_be_anywhere(tmp_path):
-    table = data.read_csv(csv(tmp_path, "target,a,b\n0,1,2\n1,3,4\n"), "target")
-    assert table.features == ("a", "b") and table.X.tolist() == [[1, 2], [3, 4]]
+    table = prepared(source(str(csv(tmp_path, "target,a,b\n0,1,2\n1,3,4\n")), label="target"), tmp_path / "p")
+    assert table.features == ("a", "b") and table.X_train.tolist() == [[1, 2], [3, 4]]
 
 
 @pytest.mark.parametrize(
@@ -44,17 +52,18 @@ def test_label_column_may_be_anywhere(tmp_path):
 )
 def test_bad_csv_names_file_row_and_column(tmp_path, text, label, message):
     with pytest.raises(data.DataError, match=message):
-        data.read_csv(csv(tmp_path, text), label)
+        prepared(source(str(csv(tmp_path, text)), label=label), tmp_path / "p")
+    assert not (tmp_path / "p").exists() and [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # no leftovers
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(data.DataError, match="absent.csv: file not found"):
-        data.load_source(str(tmp_path / "absent.csv"), "y")
+        source(str(tmp_path / "absent.csv"))
 
 
-def test_breast_cancer_is_bundled():
-    table = data.load_source("breast_cancer", "y")
-    assert table.X.shape == (569, 30) and set(np.unique(table.y)) == {0.0, 1.0}
+def test_breast_cancer_is_bundled(tmp_path):
+    table = prepared(source("breast_cancer"), tmp_path / "p")
+    assert table.X_train.shape == (569, 30) and set(np.unique(table.y_train)) == {0.0, 1.0}
 
 
 def test_split_is_stratified_seeded_and_disjoint():
@@ -69,13 +78,8 @@ def test_split_is_stratified_seeded_and_disjoint():
 
 def test_split_that_empties_a_class_is_an_error():
     y = np.array([0, 0, 0, 1, 1, 1], dtype=np.float32)
-    with pytest.raises(data.DataError, match="data.test_size=0.1 leaves class 0"):
+    with pytest.raises(data.DataError, match="prepare.test_size=0.1 leaves class 0"):
         data.stratified_split(y, 0.1, seed=1)
-
-
-def source(name, **kw):
-    args = dict(label="y", features=None, n_samples=0, n_features=0, seed=1) | kw
-    return open_source(name, args["label"], args["features"], args["n_samples"], args["n_features"], args["seed"])
 
 
 def test_test_size_zero_evaluates_on_train(tmp_path):
@@ -96,10 +100,10 @@ def test_test_size_zero_evaluates_on_train(tmp_path):
 def test_standardizer_is_fitted_on_train_only(tmp_path):
     data.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True)
     p = data.load_prepared(tmp_path / "prep")
-    full = data.load_source("breast_cancer", "y")
+    full = prepared(source("breast_cancer"), tmp_path / "full")
     np.testing.assert_allclose(p.mean, p.X_train.mean(axis=0, dtype=np.float64), rtol=1e-12)
     np.testing.assert_allclose(p.scale, p.X_train.std(axis=0, dtype=np.float64), rtol=1e-10)
-    assert not np.allclose(p.mean, full.X.mean(axis=0), rtol=1e-6)
+    assert not np.allclose(p.mean, full.X_train.mean(axis=0), rtol=1e-6)
     assert p.X_train.shape[0] + p.X_test.shape[0] == 569
 
 
@@ -146,39 +150,45 @@ def test_csv_and_parquet_stream_in_chunks_with_row_numbers(tmp_path, monkeypatch
     frame.to_parquet(tmp_path / "t.parquet")
     monkeypatch.setattr(sources, "CSV_BLOCK_BYTES", 4096)  # many blocks
     monkeypatch.setattr(sources, "CHUNK_ROWS", 256)
-    from_csv = data.read_table(source(str(tmp_path / "t.csv"), features=["b", "a"]))
-    from_parquet = data.read_table(source(str(tmp_path / "t.parquet"), features=["b", "a"]))
+    from_csv = prepared(source(str(tmp_path / "t.csv"), features=["b", "a"]), tmp_path / "csv")
+    from_parquet = prepared(source(str(tmp_path / "t.parquet"), features=["b", "a"]), tmp_path / "parquet")
     assert from_csv.features == from_parquet.features == ("b", "a")
     expected = frame[["b", "a"]].to_numpy(dtype=np.float32)
-    np.testing.assert_array_equal(from_csv.X, expected)
-    np.testing.assert_array_equal(from_parquet.X, expected)
-    np.testing.assert_array_equal(from_csv.y, frame["y"].to_numpy(np.float32))
+    np.testing.assert_array_equal(from_csv.X_train, expected)
+    np.testing.assert_array_equal(from_parquet.X_train, expected)
+    np.testing.assert_array_equal(from_csv.y_train, frame["y"].to_numpy(np.float32))
     frame.loc[2500, "a"] = np.nan
     frame.to_csv(tmp_path / "t.csv", index=False)
     frame.to_parquet(tmp_path / "t.parquet")
     with pytest.raises(data.DataError, match=r"t.csv, row 2502, column 'a': missing"):
-        data.read_table(source(str(tmp_path / "t.csv")))
+        prepared(source(str(tmp_path / "t.csv")), tmp_path / "bad")
     with pytest.raises(data.DataError, match=r"t.parquet, row 2501, column 'a': missing"):
-        data.read_table(source(str(tmp_path / "t.parquet")))
+        prepared(source(str(tmp_path / "t.parquet")), tmp_path / "bad")
     frame["a"] = frame["a"].astype(object)
+    frame.loc[2500, "a"] = 0.5  # the first bad cell in file order is the one reported
     frame.loc[2700, "a"] = "oops"
     frame.to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(data.DataError, match=r"t.csv, row 2702, column 'a': not a number: 'oops'"):
-        data.read_table(source(str(tmp_path / "t.csv")))
+        prepared(source(str(tmp_path / "t.csv")), tmp_path / "bad")
     with pytest.raises(data.DataError, match=r"data.features \['c'\] not in header"):
         source(str(tmp_path / "t.csv"), features=["c"])
 
 
-def test_synthetic_is_seeded_and_the_same_however_it_is_read(monkeypatch):
+def test_synthetic_is_a_function_of_seed_and_row_index(tmp_path, monkeypatch):
     from pipeline import sources
 
-    one = data.read_table(source("synthetic", n_samples=1000, n_features=5, seed=7))
-    monkeypatch.setattr(sources, "CHUNK_ROWS", 300)
-    again = data.read_table(source("synthetic", n_samples=1000, n_features=5, seed=7))
-    other = data.read_table(source("synthetic", n_samples=1000, n_features=5, seed=8))
-    assert one.X.shape == (1000, 5) and one.features == ("x1", "x2", "x3", "x4", "x5")
-    assert 0.3 < one.y.mean() < 0.7
-    assert not np.array_equal(one.X, other.X)
-    monkeypatch.setattr(sources, "CHUNK_ROWS", 1 << 16)
-    np.testing.assert_array_equal(data.read_table(source("synthetic", n_samples=1000, n_features=5, seed=7)).X, one.X)
-    assert again.X.shape == one.X.shape  # a different chunking still reads every row
+    def table(n, seed=7, chunk=1 << 16, block=1 << 16):
+        monkeypatch.setattr(sources, "CHUNK_ROWS", chunk)
+        monkeypatch.setattr(sources, "SYNTHETIC_BLOCK", block)
+        return prepared(source("synthetic", n_samples=n, n_features=5, seed=seed), tmp_path / f"{n}-{seed}-{chunk}")
+
+    one = table(1000, block=256)
+    assert one.X_train.shape == (1000, 5) and one.features == ("x1", "x2", "x3", "x4", "x5")
+    assert 0.3 < one.y_train.mean() < 0.7
+    assert not np.array_equal(one.X_train, table(1000, seed=8, block=256).X_train)
+    for chunk in (1, 97, 300, 1000):  # read in chunks smaller than, across and larger than the generator blocks
+        again = table(1000, chunk=chunk, block=256)
+        np.testing.assert_array_equal(again.X_train, one.X_train)
+        np.testing.assert_array_equal(again.y_train, one.y_train)
+    longer = table(1500, chunk=300, block=256)  # a longer table extends the shorter one
+    np.testing.assert_array_equal(longer.X_train[:1000], one.X_train)

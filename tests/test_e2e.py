@@ -1,5 +1,6 @@
 """End to end in a temp git repo: real `dvc repro`, `dvc exp run`, `mlflow run`, registry loads."""
 
+import csv
 import json
 import re
 import sys
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from pipeline.params import flatten
 from tests.conftest import REPO, run_env, sh
 
 pytestmark = pytest.mark.slow
@@ -127,3 +129,63 @@ def test_mlproject_parameters_default_to_params_yaml():
         section, field = key.split(".")
         assert field in params[section], key  # a knob of params.yaml ...
         assert entry["parameters"][name] == {"type": "string", "default": ""}, name  # ... whose value it keeps
+
+
+def test_queued_sweep_lands_in_dvc_and_in_one_mlflow_store(project):
+    dvc(project, "repro")
+    sh(["git", "add", "-A"], project, run_env())
+    sh(["git", "commit", "-qm", "baseline run"], project, run_env())
+    for lr in ("0.5", "0.25"):
+        dvc(project, "exp", "run", "--queue", "-S", f"train.lr={lr}")
+    dvc(project, "exp", "run", "--run-all")
+
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    exps = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            (rev,) = exp["revs"]
+            params = rev["data"]["params"]["params.yaml"]["data"]
+            exps[exp["name"]] = (params["train"]["lr"], rev["data"]["metrics"]["metrics/evaluate.json"]["data"])
+    assert sorted(lr for lr, _ in exps.values()) == [0.25, 0.5]
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    exp_id = client.get_experiment_by_name("binary-classifier").experiment_id
+    for name, (lr, metrics) in exps.items():
+        query = f"tags.`dvc.exp_name` = '{name}' and tags.`pipeline.family` = 'execution'"
+        (parent,) = client.search_runs([exp_id], query)
+        assert parent.info.run_name == f"{name} · train.lr={lr}" and parent.info.status == "FINISHED"
+        children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        by_family = {c.data.tags["pipeline.family"]: c for c in children}
+        assert set(by_family) == {"model", "baseline"}
+        for family, run in by_family.items():
+            assert run.info.run_name.endswith(f"{name} · train.lr={lr}")
+            assert run.data.tags["dvc.exp_baseline_rev"] == parent.data.tags["dvc.exp_baseline_rev"]
+            for key, value in metrics[family].items():  # the same numbers in DVC and in MLflow
+                assert run.data.metrics[f"eval_{key}"] == pytest.approx(value, rel=1e-12)
+    # Both sweep points tie with the champion on roc_auc: it stays the first model.
+    assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
+
+    # `dvc exp show` lists params.yaml's knobs (no paths, no serving settings) and the metrics.
+    header = dvc(project, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    knobs = set(flatten(yaml.safe_load((project / "params.yaml").read_text())))
+    assert knobs <= set(header) and not [h for h in header if h.startswith(("paths.", "serve."))]
+
+    # The plots' files hold every field dvc.yaml declares for them.
+    for entry in yaml.safe_load((project / "dvc.yaml").read_text())["plots"]:
+        ((_, plot),) = entry.items()
+        for file, fields in plot["y"].items():
+            path = project / file.replace("${paths.history}", "models/history.csv").replace("${paths.plots}", "plots")
+            rows = list(csv.DictReader(path.open())) if path.suffix == ".csv" else json.loads(path.read_text())
+            declared = [fields] if isinstance(fields, str) else fields
+            assert set(declared) | {plot["x"]} <= set(rows[0]), (file, declared)
+
+    # The report: self-contained HTML (figures inline, nothing fetched) and Markdown for a CI comment.
+    out = sh([sys.executable, "-m", "pipeline", "report"], project, run_env()).stdout
+    assert "report: file://" in out
+    page = (project / "reports/report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and not re.search(r"(src|href)=['\"]https?:", page)
+    assert "champion" in page and "baseline" in page and "The gate's decision" in page
+    markdown = (project / "reports/report.md").read_text()
+    assert "| metric |" in markdown and "![ROC](figures/roc.png)" in markdown
+    assert (project / "reports/figures/roc.png").read_bytes().startswith(b"\x89PNG")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from pipeline import store
+from pipeline import gate, store
 from pipeline.metrics import fit_baseline, scores
 from pipeline.params import BaselineParams
 from pipeline.stages import project_root
@@ -53,3 +53,93 @@ def test_store_location(tmp_path):
     assert store.tracking_uri(tmp_path, {"MLFLOW_TRACKING_URI": "http://h:5000"}) == "http://h:5000"
     assert store.artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path / "mlartifacts").as_uri()
     assert store.artifact_location("http://h:5000") is None
+
+
+# ---------------------------------------------------------------- the gate's paired evidence
+def correlated_scores(n: int, seed: int, gap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels and two models' probabilities that share most of their signal (as challenger and champion do)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    shared = rng.normal(size=n)
+    a = 1 / (1 + np.exp(-(1.5 * (2 * y - 1) + shared + 0.5 * rng.normal(size=n))))
+    b = 1 / (1 + np.exp(-((1.5 - gap) * (2 * y - 1) + shared + 0.5 * rng.normal(size=n))))
+    return y, a, b
+
+
+def row_bootstrap(metric, y, a, b, resamples=1000, seed=0):
+    """The reference: resample rows with replacement and recompute both metrics with scikit-learn."""
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(resamples):
+        i = rng.integers(0, y.size, y.size)
+        deltas.append(metric(y[i], a[i]) - metric(y[i], b[i]))
+    return np.array(deltas)
+
+
+def test_delong_matches_a_bootstrap_of_scikit_learns_auc():
+    y, a, b = correlated_scores(600, seed=1, gap=0.3)
+    evidence = gate.paired_evidence("roc_auc", y, a, b, (0.5, 0.5), 0.95, 1000, 1)
+    assert evidence.method == "DeLong" and evidence.n == 600
+    assert evidence.challenger == pytest.approx(metrics.roc_auc_score(y, a), abs=1e-12)
+    assert evidence.delta == pytest.approx(metrics.roc_auc_score(y, a) - metrics.roc_auc_score(y, b), abs=1e-12)
+    reference = row_bootstrap(metrics.roc_auc_score, y, a, b)
+    half = (evidence.high - evidence.low) / 2
+    assert half / 1.96 == pytest.approx(reference.std(), rel=0.15)  # DeLong's standard error ~ the bootstrap's
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1", "precision", "recall"])
+def test_joint_table_bootstrap_is_the_row_bootstrap(metric):
+    y, a, b = correlated_scores(500, seed=2, gap=0.4)
+    reference_metric = {
+        "accuracy": lambda t, p: metrics.accuracy_score(t, p >= 0.5),
+        "f1": lambda t, p: metrics.f1_score(t, p >= 0.5),
+        "precision": lambda t, p: metrics.precision_score(t, p >= 0.5, zero_division=0),
+        "recall": lambda t, p: metrics.recall_score(t, p >= 0.5),
+    }[metric]
+    evidence = gate.paired_evidence(metric, y, a, b, (0.5, 0.5), 0.9, 4000, 3)
+    assert evidence.method == "bootstrap" and evidence.resamples == 4000 and evidence.seed == 3
+    assert evidence.challenger == pytest.approx(reference_metric(y, a), abs=1e-12)
+    reference = row_bootstrap(reference_metric, y, a, b, resamples=1000)
+    low, high = np.percentile(reference, [5, 95])
+    assert evidence.low == pytest.approx(low, abs=0.01) and evidence.high == pytest.approx(high, abs=0.01)
+
+
+def test_log_loss_bootstrap_and_its_normal_limit_agree():
+    y, a, b = correlated_scores(2000, seed=4, gap=0.5)
+    exact = gate.paired_evidence("log_loss", y, a, b, (0.5, 0.5), 0.95, 2000, 5)
+    assert exact.method == "bootstrap" and exact.delta > 0  # lower loss is better: positive = challenger better
+    assert exact.challenger == pytest.approx(metrics.log_loss(y, a), abs=1e-12)
+    import pipeline.gate
+
+    budget = pipeline.gate.BOOTSTRAP_BUDGET
+    pipeline.gate.BOOTSTRAP_BUDGET = 0
+    try:
+        normal = gate.paired_evidence("log_loss", y, a, b, (0.5, 0.5), 0.95, 2000, 5)
+    finally:
+        pipeline.gate.BOOTSTRAP_BUDGET = budget
+    assert normal.method == "normal" and normal.delta == exact.delta
+    assert normal.low == pytest.approx(exact.low, abs=0.01) and normal.high == pytest.approx(exact.high, abs=0.01)
+
+
+def test_evidence_is_seeded():
+    y, a, b = correlated_scores(300, seed=6, gap=0.2)
+    first = gate.paired_evidence("f1", y, a, b, (0.5, 0.5), 0.95, 1000, 7)
+    assert first == gate.paired_evidence("f1", y, a, b, (0.5, 0.5), 0.95, 1000, 7)
+    assert first != gate.paired_evidence("f1", y, a, b, (0.5, 0.5), 0.95, 1000, 8)
+
+
+def test_decisions():
+    y, a, b = correlated_scores(2000, seed=8, gap=0.8)
+    better = gate.paired_evidence("roc_auc", y, a, b, (0.5, 0.5), 0.95, 1000, 1)
+    worse = gate.paired_evidence("roc_auc", y, b, a, (0.5, 0.5), 0.95, 1000, 1)
+    same = gate.paired_evidence("roc_auc", y, a, a, (0.5, 0.5), 0.95, 1000, 1)
+    assert gate.decide("roc_auc", 0.9, 0.9, 0.01).promote  # first champion: the baseline check alone
+    refused = gate.decide("roc_auc", 0.8, 0.9, 0.05)
+    assert not refused.promote and "worse than the baseline" in refused.reason
+    assert not gate.decide("log_loss", 0.30, 0.20, 0.05).promote  # lower is better
+    assert better.low > 0 and gate.decide("roc_auc", 0.9, 0.9, 0.01, better, "3").promote
+    assert not gate.decide("roc_auc", 0.9, 0.9, 0.01, worse, "3").promote
+    tie = gate.decide("roc_auc", 0.9, 0.9, 0.01, same, "3")
+    assert not tie.promote and "a tie is not an improvement" in tie.reason
+    # better than the champion, but not within the baseline's tolerance: still refused
+    assert not gate.decide("roc_auc", 0.8, 0.9, 0.01, better, "3").promote

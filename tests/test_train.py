@@ -1,15 +1,18 @@
 """The tutorial is the first acceptance test; torch.optim.SGD is the reference for our update."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.data import read_csv
 from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes, load_checkpoint, predict_proba
 from pipeline.params import load_params
+from pipeline.sources import open_source
 from pipeline.training import DeviceError, resolve_device, sgd_step, train
+
+from .conftest import prepared
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIAL_LINES = [
@@ -35,10 +38,20 @@ TUTORIAL_EVERY_10 = {
 TUTORIAL_PROBA = [2.7616e-04, 3.1595e-02, 3.8959e-02, 9.5624e-01, 9.9823e-01, 9.9969e-01]
 
 
+def table_of(source, where: Path) -> SimpleNamespace:
+    """X, y and feature names of a source, read through the prepare stage's path."""
+    p = prepared(source, where)
+    return SimpleNamespace(X=p.X_train, y=p.y_train, features=p.features)
+
+
+def tutorial_table(where: Path) -> SimpleNamespace:
+    return table_of(open_source(str(REPO / "data/raw/tutorial.csv"), "y", None, 0, 0, 1), where)
+
+
 @pytest.fixture(scope="module")
-def tutorial():
+def tutorial(tmp_path_factory):
     params = load_params(REPO / "params.yaml")
-    table = read_csv(REPO / "data/raw/tutorial.csv", "y")
+    table = tutorial_table(tmp_path_factory.mktemp("tutorial"))
     lines: list[str] = []
     result = train(table.X, table.y, params.train, torch.device("cpu"), lines.append)
     return params, table, result, lines
@@ -48,9 +61,9 @@ def test_prints_the_tutorials_lines(tutorial):
     assert tutorial[3] == TUTORIAL_LINES
 
 
-def test_every_10_epochs_matches_the_tutorial():
+def test_every_10_epochs_matches_the_tutorial(tmp_path):
     params = load_params(REPO / "params.yaml", ["train.log_every=10"])
-    table = read_csv(REPO / "data/raw/tutorial.csv", "y")
+    table = tutorial_table(tmp_path)
     lines: list[str] = []
     train(table.X, table.y, params.train, torch.device("cpu"), lines.append)
     assert len(lines) == 101 and TUTORIAL_EVERY_10 <= set(lines)
@@ -213,13 +226,10 @@ def test_optimizers_learn_and_repeat_exactly(overrides):
     np.testing.assert_array_equal(first.model.linear.weight.detach(), again.model.linear.weight.detach())
 
 
-def test_lbfgs_on_raw_features_is_preconditioned_and_still_matches_sklearn():
+def test_lbfgs_on_raw_features_is_preconditioned_and_still_matches_sklearn(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline import data
-    from pipeline.sources import open_source
-
-    table = data.read_table(open_source("synthetic", "y", None, 5000, 8, seed=3))  # offsets and scales apart
+    table = table_of(open_source("synthetic", "y", None, 5000, 8, seed=3), tmp_path / "p")  # offsets, scales apart
     result = quiet_train(table.X, table.y, ["train.optimizer=lbfgs", "train.C=1", "train.epochs=200"])
     fitted = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(table.X.astype(np.float64), table.y)
     assert np.abs(result.model.linear.weight.detach().numpy().ravel() - fitted.coef_.ravel()).max() < 1e-3

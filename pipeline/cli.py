@@ -33,6 +33,8 @@ def command(func: Callable[..., None]) -> Callable[..., None]:
     def wrapper(params_path: str, overrides: tuple[str, ...], **kwargs: Any) -> None:
         import os
 
+        # MLflow draws a progress bar per artifact download (registry loads): noise in a pipeline's log.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
             ctx = Context.load(params_path, overrides, dict(os.environ), click.get_current_context().info_name)
             func(ctx, **kwargs)

@@ -473,7 +473,7 @@ def describe_model(mlflow_client: MlflowClient, uri: str) -> dict[str, Any]:
     example = load_serving_example(uri)
     return {
         "title": title,
-        "inputs": [(spec.name, str(spec.type)) for spec in model.signature.inputs.inputs],
+        "inputs": [(spec.name, spec.type.name) for spec in model.signature.inputs.inputs],
         "outputs": model.signature.outputs.input_names(),
         "example": None if example is None else json.loads(example),
     }

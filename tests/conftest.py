@@ -26,6 +26,28 @@ PROJECT_FILES = [
 ]
 
 
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow(monkeypatch: pytest.MonkeyPatch):
+    """No test sees another's store: MLflow's variables cleared, its process-wide URIs reset afterwards.
+
+    mlflow.set_tracking_uri/set_registry_uri (which the stages call) also export their URI into
+    os.environ, so both the globals and the variables are put back.
+    """
+    for name in MLFLOW_ENV:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
 def prepared(source, where: Path):
     """A source through the prepare stage's own path (validated, written, mapped), every row as train."""
     from pipeline import data

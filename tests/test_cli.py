@@ -86,7 +86,7 @@ def test_stages_in_order(workdir, store_uri, capfd):
     # Unchanged inputs: no new version.
     assert invoke("register").exit_code == 0
     assert json.loads((workdir / "models/registered.json").read_text())["version"] == 1
-    assert len(MlflowClient(store_uri).search_model_versions("name = 'BinaryClassifier'")) == 1
+    assert len(MlflowClient(store_uri, registry_uri=store_uri).search_model_versions("name = 'BinaryClassifier'")) == 1
 
 
 def test_bad_csv_fails_clearly_and_keeps_earlier_outputs(workdir):
@@ -145,7 +145,7 @@ def test_champion_moves_only_on_evidence_or_by_hand(workdir, store_uri):
         assert result.exit_code == 0, result.output
         return json.loads((workdir / "models/registered.json").read_text())
 
-    client = MlflowClient(store_uri)
+    client = MlflowClient(store_uri, registry_uri=store_uri)
     first = pipeline_run()
     assert first["version"] == 1 and first["aliases"] == ["challenger", "champion"]
     assert first["decision"]["reason"].startswith("first champion")

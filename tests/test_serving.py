@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -168,6 +169,36 @@ def test_extra_columns_are_ignored_with_a_warning_in_the_log(server):
     status, answer = invoke_json(port, {"dataframe_records": [{"x1": 1, "x2": 2, "id": 7}]})
     assert status == 200 and len(answer["predictions"]) == 1
     assert "Found extra inputs" in log.read_text()
+
+
+def test_pipeline_serve_says_what_it_serves_and_how_to_call_it(registered, tmp_path):
+    root, uri = registered
+    port = free_port()
+    args = [sys.executable, "-m", "pipeline", "serve", "--port", str(port)]
+    proc = subprocess.Popen(
+        args, cwd=root, env=run_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        said = []
+        for line in proc.stderr:
+            said.append(line)
+            if "mlflow models serve" in line:
+                break
+        text = "".join(said)
+        assert "serving BinaryClassifier v1 (@challenger, @champion) from models:/BinaryClassifier@champion" in text
+        assert "input columns: x1 (double), x2 (double); each row gets: probability, label" in text
+        curl = shlex.split(next(line for line in said if "-d '" in line).strip())
+        example = json.loads(curl[curl.index("-d") + 1])
+        deadline = time.monotonic() + 90
+        while request(port, "GET", "/ping")[0] != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.3)
+        status, answer = invoke_json(port, example)  # the request it printed, as a person would paste it
+        assert status == 200 and len(answer["predictions"]) == len(example["dataframe_split"]["data"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 # ---------------------------------------------------------------- bad requests

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ class Scored:
     rows: int
 
 
-def score(emit: Callable[[Scored], None], data_dir: Path, model_path: Path, params: BaselineParams) -> dict:
-    """Both models scored on the evaluation split (a child process); emits the numbers, returns the figures."""
-    from pipeline import data, figures, metrics
+def score(data_dir: Path, model_path: Path, params: BaselineParams) -> Scored:
+    """Both models scored on the evaluation split (a child process, where torch and scikit-learn load)."""
+    from pipeline import data, metrics
     from pipeline.model import load_checkpoint, predict_proba, standardize
 
     prepared = data.load_prepared(data_dir)
@@ -44,17 +43,12 @@ def score(emit: Callable[[Scored], None], data_dir: Path, model_path: Path, para
         "baseline": metrics.baseline_proba(baseline, standardize(prepared.X_test, config)),
     }
     y = prepared.y_test
-    scored = Scored(
+    return Scored(
         {k: metrics.scores(y, p, config.threshold) for k, p in probabilities.items()},
         {FAMILIES[k]: metrics.curves(y, p, config.threshold) for k, p in probabilities.items()},
         {"cost": on_train["log_loss"], "accuracy": on_train["accuracy"]},
         int(y.shape[0]),
     )
-    emit(scored)  # the parent writes and logs these while the figures are drawn
-    by_name = {FAMILIES[k]: v for k, v in scored.metrics.items()}
-    overlaid = figures.render(scored.curves, by_name, scored.rows)
-    alone = {name: figures.render({name: c}, by_name, scored.rows) for name, c in scored.curves.items()}
-    return {"execution": overlaid, **alone}
 
 
 def execute(
@@ -63,7 +57,7 @@ def execute(
     """Both models scored on the same split; metrics to both runs and a JSON file, curves to DVC and MLflow."""
     from pipeline import data, figures
 
-    scoring = InChild(score, data_dir, model_path, ctx.params.evaluate.baseline, stream=True)
+    scoring = InChild(score, data_dir, model_path, ctx.params.evaluate.baseline)
     meta = data.read_meta(data_dir)
     client = store.client(ctx.uri)
     info = files.read_json(run_info_path)
@@ -72,28 +66,25 @@ def execute(
     tags = {**run_tags(ctx, "baseline", meta["sha256"]), "pipeline.device": "cpu"}  # scikit-learn computes on CPU
     baseline_run = store.create_child(client, parent, f"{FAMILIES['baseline']} · {ctx.lineage.label()}", tags)
     runs = {"model": model_run, "baseline": baseline_run}
-    done: list[Scored] = []
-
-    def record(scored: Scored) -> None:
-        done.append(scored)
+    with store.running(client, baseline_run, parent):
+        store.log_params(client, baseline_run.run_id, ctx.params.knobs())
+        store.log_datasets(client, baseline_run.run_id, list(dict.fromkeys([train_split, eval_split])))
+        figures.warm_up()  # while the child still loads torch and scikit-learn
+        scored = scoring.result()
         for family, run in runs.items():
             eval_metrics = {f"eval_{k}": v for k, v in scored.metrics[family].items()}
             store.log_metrics(client, run.run_id, eval_metrics, split=eval_split)
             store.set_tags(client, run.run_id, {"pipeline.evaluated_on": meta["evaluated_on"]})
         store.log_metrics(client, baseline_run.run_id, scored.baseline_fit, split=train_split)
-        click.echo(comparison_table(scored.metrics))
-
-    with store.running(client, baseline_run, parent):
-        store.log_params(client, baseline_run.run_id, ctx.params.knobs())
-        store.log_datasets(client, baseline_run.run_id, list(dict.fromkeys([train_split, eval_split])))
-        rendered = scoring.result(record)
-        store.log_files(client, parent.run_id, rendered["execution"])
-        for family, run in runs.items():
-            store.log_files(client, run.run_id, rendered[FAMILIES[family]])
-        (scored,) = done
+        by_name = {FAMILIES[k]: v for k, v in scored.metrics.items()}
+        store.log_files(client, parent.run_id, figures.render(scored.curves, by_name, scored.rows))
+        for family, run in runs.items():  # each child's own curves: Compare shows them side by side
+            name = FAMILIES[family]
+            store.log_files(client, run.run_id, figures.render({name: scored.curves[name]}, by_name, scored.rows))
         files.write_json(metrics_path, scored.metrics)  # written last: a failed stage leaves the old ones
         for table, rows in figures.tables(scored.curves).items():
             files.write_text(plots / f"{table}.json", json.dumps(rows, indent=1) + "\n")
+    click.echo(comparison_table(scored.metrics))
 
 
 def comparison_table(results: dict[str, dict[str, float]]) -> str:

@@ -11,7 +11,7 @@ import click
 
 from pipeline import files, store
 from pipeline.child import InChild
-from pipeline.params import BaselineParams
+from pipeline.params import METRICS, BaselineParams
 from pipeline.stages import FAMILIES, Context, splits, training_runs
 from pipeline.stages.identity import run_tags
 
@@ -90,6 +90,6 @@ def execute(
 def comparison_table(results: dict[str, dict[str, float]]) -> str:
     """BinaryClassifier against the baseline, one metric per line."""
     lines = [f"{'metric':<10} {FAMILIES['model']:>18} {FAMILIES['baseline']:>20}"]
-    for key in results["model"]:
+    for key in METRICS:
         lines.append(f"{key:<10} {results['model'][key]:>18.6f} {results['baseline'][key]:>20.6f}")
     return "\n".join(lines)

@@ -72,7 +72,12 @@ def test_stages_in_order(workdir, store_uri, capfd):
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
         "roc.png", "precision_recall.png", "calibration.png", "confusion.png"
     }
-    assert all(r.info.status == "FINISHED" for r in found)
+    for run in found:  # what makes each run identifiable, on every run
+        assert run.info.status == "FINISHED" and run.data.tags["pipeline.device"] == "cpu"
+        assert run.data.tags["pipeline.world_size"] == "1" and run.data.tags["pipeline.seed.train"] == "1"
+        assert {"mlflow.user", "mlflow.source.name", "pipeline.version.mlflow", "pipeline.changed_params"} <= set(
+            run.data.tags
+        )
     roc = json.loads((workdir / "plots/roc.json").read_text())
     assert roc[0].keys() == {"fpr", "BinaryClassifier", "LogisticRegression"} and len(roc) == 101
 

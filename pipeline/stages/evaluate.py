@@ -63,7 +63,8 @@ def execute(
     info = files.read_json(run_info_path)
     parent, model_run = training_runs(client, info, run_info_path, ctx.uri)
     train_split, eval_split = splits(meta)
-    tags = {**run_tags(ctx, "baseline", meta["sha256"]), "pipeline.device": "cpu"}  # scikit-learn computes on CPU
+    # scikit-learn fits the baseline in one process, on the CPU
+    tags = {**run_tags(ctx, "baseline", meta["sha256"]), "pipeline.device": "cpu", "pipeline.world_size": "1"}
     baseline_run = store.create_child(client, parent, f"{FAMILIES['baseline']} · {ctx.lineage.label()}", tags)
     runs = {"model": model_run, "baseline": baseline_run}
     with store.running(client, baseline_run, parent):

@@ -122,20 +122,22 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, history_path: Path, 
     meta = data.read_meta(data_dir)
     client = store.client(ctx.uri)
     name = ctx.lineage.label()
+    world = {"pipeline.world_size": str(rank.world)}
     parent, warning = store.open_parent(
-        client, p.mlflow.experiment, ctx.uri, name, run_tags(ctx, "execution", meta["sha256"]),
+        client, p.mlflow.experiment, ctx.uri, name, {**run_tags(ctx, "execution", meta["sha256"]), **world},
         ctx.env.get("MLFLOW_RUN_ID"),
     )  # fmt: skip
     if warning:
         click.echo(f"warning: {warning}", err=True)
-    tags = {**run_tags(ctx, "model", meta["sha256"]), "pipeline.world_size": str(rank.world)}
+    tags = {**run_tags(ctx, "model", meta["sha256"]), **world}
     run = store.create_child(client, parent, f"{FAMILIES['model']} · {name}", tags)
     with store.running(client, run, parent):
         for run_id in (parent.run_id, run.run_id):
             store.log_params(client, run_id, p.knobs())
             store.log_datasets(client, run_id, list(dict.fromkeys(splits(meta))))
         fitted = fitting.result(lambda chunk: log_chunk(client, run.run_id, chunk))
-        store.set_tags(client, run.run_id, {"pipeline.device": fitted.device})
+        for run_id in (parent.run_id, run.run_id):  # the device `auto` resolved to
+            store.set_tags(client, run_id, {"pipeline.device": fitted.device})
         pairs = zip(fitted.cost.tolist(), fitted.accuracy.tolist(), strict=True)
         rows = "".join(f"{i},{c!r},{a!r}\n" for i, (c, a) in enumerate(pairs))
         files.write_bytes(model_path, fitted.checkpoint)

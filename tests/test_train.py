@@ -77,6 +77,28 @@ def test_final_parameters_and_predictions(tutorial):
     assert [float(f"{p:.4e}") for p in proba] == TUTORIAL_PROBA
 
 
+def test_a_rows_probability_does_not_depend_on_its_batch(tmp_path):
+    torch.manual_seed(3)
+    mean, scale = tuple(np.linspace(-3, 3, 7)), tuple(np.linspace(0.5, 2.0, 7))
+    model, config = BinaryClassifier(7), ModelConfig(7, tuple("abcdefg"), 0.5, mean=mean, scale=scale)
+    X = np.random.default_rng(4).normal(2, 3, size=(300, 7)).astype(np.float32)
+    full = predict_proba(model, config, X)
+    for size in (1, 2, 3, 7, 25, 64, 299):  # every batch size cuts the rows differently
+        parts = [predict_proba(model, config, X[s : s + size]) for s in range(0, len(X), size)]
+        np.testing.assert_array_equal(np.concatenate(parts), full)
+    order = np.random.default_rng(5).permutation(len(X))
+    np.testing.assert_array_equal(predict_proba(model, config, X[order]), full[order])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        np.testing.assert_array_equal(predict_proba(model, config, X), full)
+    finally:
+        torch.set_num_threads(threads)
+    w, b = model.linear.weight.detach().double().numpy()[0], model.linear.bias.item()
+    reference = 1 / (1 + np.exp(-(((X - np.array(mean)) / np.array(scale)) @ w + b)))  # standardise, then linear
+    np.testing.assert_allclose(full, reference, rtol=1e-12)
+
+
 def test_history_is_every_epoch_before_the_update(tutorial):
     _, _, result, _ = tutorial
     assert result.cost.shape == result.accuracy.shape == (1001,)

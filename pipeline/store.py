@@ -58,13 +58,35 @@ def artifact_location(uri: str) -> str | None:
 
 
 def client(uri: str) -> MlflowClient:
-    """A client bound to one store (tracking and registry); fluent calls go to the same store."""
+    """A client bound to one store (tracking and registry); fluent calls go to the same store.
+
+    A new sqlite store is created and migrated by the first client that opens it; several processes
+    doing that at once leave it broken for good (`table _alembic_tmp_tags already exists`), so for
+    sqlite the opening is serialised by a file lock beside the database.
+    """
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _sqlite_lock(uri, "open"):
+        opened = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        opened.search_experiments(max_results=1)  # the store exists and is migrated before anyone else opens it
+    return opened
+
+
+@contextmanager
+def _sqlite_lock(uri: str, purpose: str) -> Iterator[None]:
+    """A file lock beside a sqlite database (<db>.<purpose>.lock); nothing for other stores."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.{purpose}.lock", timeout=600):
+        yield
 
 
 def context_tags(source_name: str) -> dict[str, str]:
@@ -373,19 +395,15 @@ def set_version_tags(mlflow_client: MlflowClient, name: str, version: str, tags:
 
 
 @contextmanager
-def champion_lock(uri: str) -> Iterator[None]:
-    """Serialise read-the-champion, decide, move-the-alias across processes sharing a sqlite store.
+def registry_lock(uri: str) -> Iterator[None]:
+    """Serialise find-or-register a checkpoint and read-the-champion, decide, move-the-alias across processes.
 
-    Two registrations that each read the champion first could both move it, the worse last. A file
-    lock beside the database makes the three steps one; a tracking server has no such lock, so
-    there the race remains (a window of a second or so between reading and moving).
+    Two registrations that each look for the checkpoint first both make a version; two that each read
+    the champion first can both move it, the worse last. A file lock beside a sqlite database makes
+    each one step. A tracking server has no such lock: there the race remains (a window of a second
+    or so between reading and writing).
     """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    from filelock import FileLock
-
-    with FileLock(uri.removeprefix("sqlite:///") + ".champion.lock", timeout=600):
+    with _sqlite_lock(uri, "registry"):
         yield
 
 

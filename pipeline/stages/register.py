@@ -27,19 +27,18 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
     parent, run = training_runs(client, files.read_json(run_info_path), run_info_path, ctx.uri)
     _, eval_split = splits(meta)
     sha = store.fingerprint(checkpoint, store.SERVING_CONFIG)
-    with store.running(client, run, parent):
+    with store.running(client, run, parent), store.registry_lock(ctx.uri):  # one step each, see registry_lock
         version = store.find_version(client, p.model_name, sha)
         new = version is None
         if new:
             version = _register(ctx, client, run, data_dir, model_path, results, eval_split, sha, meta)
-        with store.champion_lock(ctx.uri):  # read the champion, decide and move it as one step
-            decision = _decide(ctx, client, str(version.version), results, data_dir, model_path)
-            record = {"version": str(version.version), "run_id": run.run_id, **asdict(decision)}
-            store.log_files(client, run.run_id, {"gate/decision.json": json.dumps(record, indent=2).encode()})
-            store.set_version_tags(client, p.model_name, version.version, _summary_tags(decision, run.run_id))
-            if decision.promote:
-                evidence = {**_evidence_summary(decision), "decision": f"runs:/{run.run_id}/gate/decision.json"}
-                store.move_alias(client, p.model_name, store.CHAMPION, version.version, decision.reason, evidence)
+        decision = _decide(ctx, client, str(version.version), results, data_dir, model_path)
+        record = {"version": str(version.version), "run_id": run.run_id, **asdict(decision)}
+        store.log_files(client, run.run_id, {"gate/decision.json": json.dumps(record, indent=2).encode()})
+        store.set_version_tags(client, p.model_name, version.version, _summary_tags(decision, run.run_id))
+        if decision.promote:
+            evidence = {**_evidence_summary(decision), "decision": f"runs:/{run.run_id}/gate/decision.json"}
+            store.move_alias(client, p.model_name, store.CHAMPION, version.version, decision.reason, evidence)
         summary = _summary(client, p.model_name, version.version, new, decision)
         files.write_json(out, summary)
     click.echo(registration_line(summary))

@@ -1,0 +1,46 @@
+"""Several pipelines at once against one store that does not exist yet: real processes, real sqlite."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from .conftest import REPO, run_env
+
+pytestmark = pytest.mark.slow
+PIPELINES = 4
+
+
+def test_concurrent_pipelines_create_one_store_and_one_version(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"  # not created yet: the first opener migrates it
+    procs = []
+    for k in range(PIPELINES):
+        work = tmp_path / f"work{k}"
+        shutil.copytree(REPO / "data/raw", work / "data/raw")
+        for name in ("params.yaml", "dvc.yaml"):
+            shutil.copy(REPO / name, work / name)
+        env = run_env(MLFLOW_TRACKING_URI=uri)
+        args = [sys.executable, "-m", "pipeline", "run"]
+        proc = subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append((work, proc))
+    for _, proc in procs:
+        out = proc.communicate(timeout=600)[0].decode()
+        assert proc.returncode == 0, out
+
+    client = MlflowClient(uri, registry_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("binary-classifier").experiment_id])
+    families = sorted(r.data.tags["pipeline.family"] for r in runs)
+    assert families == sorted(["execution", "model", "baseline"] * PIPELINES)  # nothing lost
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    # The same checkpoint four times over: one version, @challenger and @champion moved once each.
+    (version,) = client.search_model_versions("name = 'BinaryClassifier'")
+    registered = [json.loads((work / "models/registered.json").read_text()) for work, _ in procs]
+    assert {r["version"] for r in registered} == {1} and sum(r["new_version"] for r in registered) == 1
+    assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
+    moves = [t for t in client.get_registered_model("BinaryClassifier").tags if t.startswith("alias_log.")]
+    assert len(moves) == 2

@@ -62,7 +62,12 @@ def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mlflow import MlflowClient
 
     db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
+    here = os.getcwd()
+    os.chdir(db.parent)  # MLflow roots experiment Default's artifacts in the creating process's cwd
+    try:
+        MlflowClient(f"sqlite:///{db}").search_experiments()
+    finally:
+        os.chdir(here)
     return db
 
 

@@ -108,8 +108,9 @@ def render(curves: dict[str, Curves], metrics: dict[str, dict[str, float]], rows
 
     figure = _figure()
     ax = figure.add_subplot()
+    first = next(iter(curves.values())).confusion  # every model is scored on the same rows
+    positives = first[1].sum() / max(first.sum(), 1)
     for name, c in curves.items():
-        positives = c.confusion[1].sum() / max(c.confusion.sum(), 1)
         ax.plot(GRID, c.precision, color=colors[name], label=f"{name} (F1 {metrics[name]['f1']:.4f})")
     ax.axhline(positives, color="grey", lw=0.8, ls="--", label=f"chance ({positives:.2f})")
     _finish(ax, f"Precision-recall, {rows} evaluation rows", "Recall", "Precision (interpolated)", "lower left")

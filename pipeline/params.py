@@ -206,9 +206,6 @@ def apply_overrides(tree: dict[str, Any], overrides: typing.Iterable[str]) -> di
     tree = _deep_copy(tree)
     for text in overrides:
         path, value = parse_override(text)
-        if value is None and not text.partition("=")[2].strip():
-            _lookup_raw(tree, path, text)  # still an error when the key does not exist
-            continue
         node = tree
         for depth, part in enumerate(path[:-1]):
             node = node.get(part) if isinstance(node, dict) else None
@@ -216,18 +213,9 @@ def apply_overrides(tree: dict[str, Any], overrides: typing.Iterable[str]) -> di
                 raise ParamsError(f"override {text!r}: unknown section {'.'.join(path[: depth + 1])}")
         if not isinstance(node, dict) or path[-1] not in node:
             raise ParamsError(f"override {text!r}: unknown key {'.'.join(path)}")
-        node[path[-1]] = value
+        if text.partition("=")[2].strip():  # empty: keep the file's value (the key was still checked)
+            node[path[-1]] = value
     return tree
-
-
-def _lookup_raw(tree: dict[str, Any], path: list[str], text: str) -> Any:
-    node: Any = tree
-    for depth, part in enumerate(path):
-        if not isinstance(node, dict) or part not in node:
-            what = "key" if depth == len(path) - 1 else "section"
-            raise ParamsError(f"override {text!r}: unknown {what} {'.'.join(path[: depth + 1])}")
-        node = node[part]
-    return node
 
 
 def _deep_copy(tree: Any) -> Any:

@@ -154,10 +154,9 @@ def run_ref(mlflow_client: MlflowClient, run_id: str, owned: bool = True) -> Run
     return RunRef(run.info.run_id, run.info.experiment_id, owned)
 
 
-def run_data(mlflow_client: MlflowClient, run_id: str) -> tuple[dict[str, str], dict[str, str], dict[str, float]]:
-    """A run's params, tags and latest metrics."""
-    data = mlflow_client.get_run(run_id).data
-    return dict(data.params), dict(data.tags), dict(data.metrics)
+def run_params(mlflow_client: MlflowClient, run_id: str) -> dict[str, str]:
+    """A run's params."""
+    return dict(mlflow_client.get_run(run_id).data.params)
 
 
 def run_name(mlflow_client: MlflowClient, run_id: str) -> str:

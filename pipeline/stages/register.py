@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
 
 from pipeline import files, gate, store
-from pipeline.stages import Context, splits, training_runs
+from pipeline.stages import Context, score_version, splits, training_runs
+
+if TYPE_CHECKING:
+    from pipeline.data import Prepared
 
 
 def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path, metrics_path: Path, out: Path) -> None:
@@ -21,6 +22,7 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
 
     p = ctx.params.register
     meta = data.read_meta(data_dir)
+    prepared = data.load_prepared(data_dir)  # memory-mapped: nothing is read until a model is scored
     results = files.read_json(metrics_path)
     checkpoint = model_path.read_bytes()
     client = store.client(ctx.uri)
@@ -31,8 +33,8 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
         version = store.find_version(client, p.model_name, sha)
         new = version is None
         if new:
-            version = _register(ctx, client, run, data_dir, model_path, results, eval_split, sha, meta)
-        decision = _decide(ctx, client, str(version.version), results, data_dir, model_path)
+            version = _register(ctx, client, run, prepared, model_path, results, eval_split, sha)
+        decision = _decide(ctx, client, str(version.version), results, prepared, model_path)
         record = {"version": str(version.version), "run_id": run.run_id, **asdict(decision)}
         store.log_files(client, run.run_id, {"gate/decision.json": json.dumps(record, indent=2).encode()})
         store.set_version_tags(client, p.model_name, version.version, _summary_tags(decision, run.run_id))
@@ -48,28 +50,28 @@ def _register(
     ctx: Context,
     client: Any,
     run: store.RunRef,
-    data_dir: Path,
+    prepared: Prepared,
     model_path: Path,
     results: dict,
     eval_split: store.Split,
     sha: str,
-    meta: dict,
 ) -> Any:
     """Log the pyfunc (its metrics: the evaluation's), register a version and point @challenger at it."""
-    from pipeline.data import load_prepared
-
-    prepared = load_prepared(data_dir)
     spec = store.pyfunc_spec(model_path, prepared.features, prepared.X_test[:5], store.SERVING_CONFIG)
     eval_metrics = {f"eval_{k}": v for k, v in results["model"].items()}
     model_id = store.log_model(client, run, spec, ctx.params.knobs(), eval_metrics, eval_split)
     name = ctx.params.register.model_name
-    version = store.register(name, model_id, {store.SHA_TAG: sha, "pipeline.data_sha256": meta["sha256"]})
+    version = store.register(name, model_id, {store.SHA_TAG: sha, "pipeline.data_sha256": prepared.sha256})
     store.move_alias(client, name, store.CHALLENGER, version.version, f"new version from run {run.run_id}")
     return version
 
 
-def _decide(ctx: Context, client: Any, version: str, results: dict, data_dir: Path, model_path: Path) -> gate.Decision:
+def _decide(
+    ctx: Context, client: Any, version: str, results: dict, prepared: Prepared, model_path: Path
+) -> gate.Decision:
     """Gate `version`: against the baseline always, and against the champion re-scored on the same rows."""
+    from pipeline.model import load_checkpoint, predict_proba
+
     p = ctx.params.register
     model, baseline = results["model"][p.metric], results["baseline"][p.metric]
     champion = store.alias_version(client, p.model_name, store.CHAMPION)
@@ -78,33 +80,21 @@ def _decide(ctx: Context, client: Any, version: str, results: dict, data_dir: Pa
     if str(champion.version) == version:
         why = f"v{version} is already the champion"
         return gate.Decision(True, why, p.metric, model, baseline, p.tolerance, champion_version=version)
-    scored = _paired_probabilities(client, p.model_name, str(champion.version), data_dir, model_path)
+    scored = score_version(client, p.model_name, str(champion.version), prepared)
     if scored is None:
         why = (
             f"champion v{champion.version} takes other features than this data's: not comparable; "
             "register models for this data under another register.model_name"
         )
         return gate.Decision(False, why, p.metric, model, baseline, p.tolerance, champion_version=str(champion.version))
-    y, challenger, champion_p, thresholds = scored
-    evidence = gate.paired_evidence(p.metric, y, challenger, champion_p, thresholds, p.level, p.resamples, p.seed)
+    champion_p, champion_threshold = scored
+    network, config = load_checkpoint(model_path)
+    challenger = predict_proba(network, config, prepared.X_test)
+    thresholds = (config.threshold, champion_threshold)
+    evidence = gate.paired_evidence(
+        p.metric, prepared.y_test, challenger, champion_p, thresholds, p.level, p.resamples, p.seed
+    )
     return gate.decide(p.metric, model, baseline, p.tolerance, evidence, str(champion.version))
-
-
-def _paired_probabilities(
-    client: Any, name: str, champion: str, data_dir: Path, model_path: Path
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]] | None:
-    """Labels and both models' probabilities on the evaluation rows; None when the champion takes other features."""
-    from pipeline.data import load_prepared
-    from pipeline.model import load_checkpoint, predict_proba
-
-    prepared = load_prepared(data_dir)
-    model, config = load_checkpoint(model_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        old, old_config = load_checkpoint(store.checkpoint_path(client, name, champion, Path(tmp)))
-    if old_config.features != prepared.features:
-        return None
-    a, b = predict_proba(model, config, prepared.X_test), predict_proba(old, old_config, prepared.X_test)
-    return prepared.y_test, a, b, (config.threshold, old_config.threshold)
 
 
 def _evidence_summary(decision: gate.Decision) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import click
 
 from pipeline import files, store
-from pipeline.stages import FAMILIES, Context, Paths
+from pipeline.stages import FAMILIES, Context, Paths, score_version
 from pipeline.stages.evaluate import comparison_table
 from pipeline.stages.register import registration_line
 
@@ -78,21 +77,18 @@ def _rescore(client: Any, name: str, version: str, prepared_dir: Path) -> tuple[
     """A version's metrics and curves on this workspace's evaluation rows; None if it takes other features."""
     from pipeline import metrics
     from pipeline.data import load_prepared
-    from pipeline.model import load_checkpoint, predict_proba
 
     prepared = load_prepared(prepared_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, config = load_checkpoint(store.checkpoint_path(client, name, version, Path(tmp)))
-    if config.features != prepared.features:
+    scored = score_version(client, name, version, prepared)
+    if scored is None:
         return None
-    proba = predict_proba(model, config, prepared.X_test)
-    y = prepared.y_test
-    return metrics.scores(y, proba, config.threshold), metrics.curves(y, proba, config.threshold)
+    proba, threshold = scored
+    return metrics.scores(prepared.y_test, proba, threshold), metrics.curves(prepared.y_test, proba, threshold)
 
 
 def _params_diff(client: Any, champion_run: str, challenger_run: str) -> list[tuple[str, str, str]]:
     """The params whose values differ between the champion's run and the challenger's."""
-    old, new = store.run_data(client, champion_run)[0], store.run_data(client, challenger_run)[0]
+    old, new = store.run_params(client, champion_run), store.run_params(client, challenger_run)
     keys = sorted(set(old) | set(new))
     return [(k, old.get(k, "-"), new.get(k, "-")) for k in keys if old.get(k) != new.get(k)]
 

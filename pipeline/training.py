@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,10 +17,33 @@ from pipeline.params import TrainParams
 LOG_LINE = "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%"
 MAX_KEPT_ELEMENTS = 1 << 24  # hypotheses kept between log lines: at most 64 MiB of float32
 HistoryCallback = Callable[[int, np.ndarray, np.ndarray], None]
+# A cost this many times above where training started (or above a no-information model's ln 2, if that
+# is more) is divergence. Binary cross entropy clamps log at -100, so a diverging sgd run saturates (at 50
+# for a balanced label) instead of becoming NaN: its behaviour gives it away, not NaN alone.
+DIVERGENCE_FACTOR = 10.0
 
 
 class DeviceError(ValueError):
     """The requested device is not available on this machine."""
+
+
+class DivergenceError(ValueError):
+    """The cost became NaN or inf, or rose far above where it started."""
+
+
+def check_divergence(cost: np.ndarray, first_epoch: int, start: float, rising: bool = True) -> None:
+    """Raise DivergenceError naming the first epoch whose cost is not finite (or, if `rising`, far above start)."""
+    bad = ~np.isfinite(cost)
+    if rising:
+        bad |= cost > DIVERGENCE_FACTOR * max(start, math.log(2))
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    what = "is not a number" if not np.isfinite(cost[i]) else f"rose to {cost[i]:.6g} from {start:.6g} at epoch 0"
+    raise DivergenceError(
+        f"train: diverged at epoch {first_epoch + i}: the cost {what}; lower train.lr "
+        "(or set prepare.standardize: true); nothing was saved or registered"
+    )
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -77,8 +101,10 @@ class _History:
         log: Callable[[str], None],
         on_history: HistoryCallback | None,
         score: Callable[[torch.Tensor], torch.Tensor] = lambda hits: hits,
+        rising: bool = True,
     ) -> None:
         self.shard, self.log, self.on_history = shard, log, on_history
+        self.rising = rising  # whether a cost far above its start is divergence (not for line-search trials)
         self.score = score  # turns what add() kept into hit counts, at flush time
         self.costs: list[torch.Tensor] = []
         self.kept: list[torch.Tensor] = []
@@ -107,6 +133,8 @@ class _History:
             cost = sums[0] / counts
         chunk_cost = cost.cpu().numpy().astype(np.float64)
         chunk_accuracy = hits.cpu().numpy().astype(np.float64) / counts.cpu().numpy().astype(np.float64)
+        start = float(self.cost_parts[0][0] if self.cost_parts else chunk_cost[0])
+        check_divergence(chunk_cost, self.first, start, self.rising)
         self.log(LOG_LINE.format(epoch, total, chunk_cost[-1], chunk_accuracy[-1] * 100))
         if self.on_history is not None:
             self.on_history(self.first, chunk_cost, chunk_accuracy)
@@ -191,7 +219,8 @@ def train(
         return loss, cost, hypothesis
 
     if params.optimizer == "lbfgs":
-        history = _History(shard, log, on_history)
+        # The line search may try a far worse point and step back: only a non-finite cost is divergence there.
+        history = _History(shard, log, on_history, rising=False)
         _lbfgs(params, weights, lambda: objective(x_train, y_train), correct, history, shard, n_total, n_local)
         if precondition:
             _unfold(model, mean_t, scale_t)

@@ -124,6 +124,16 @@ def test_failed_training_marks_the_run_failed_and_keeps_outputs(workdir, store_u
     assert {p: (workdir / p).read_bytes() for p in before} == before
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_divergence_fails_the_run_and_registers_nothing(workdir, store_uri, optimizer):
+    result = CliRunner().invoke(main, ["run", "--set", "train.lr=1000000.0", "--set", f"train.optimizer={optimizer}"])
+    assert result.exit_code == 1
+    assert "train: diverged at epoch 1: the cost rose to" in result.output and "lower train.lr" in result.output
+    client, found = runs(store_uri)
+    assert sorted(r.info.status for r in found) == ["FAILED", "FAILED"]  # the parent and the model run
+    assert not (workdir / "models/model.pt").exists() and not client.search_registered_models()
+
+
 def test_missing_training_run_is_a_clear_error(workdir, tmp_path):
     assert invoke("prepare").exit_code == 0
     assert invoke("train").exit_code == 0

@@ -271,3 +271,14 @@ def test_cuda_optimizers_match_cpu(overrides):
     gpu = train(X, y, params, torch.device("cuda"), lambda line: None, mean=mean, scale=scale)
     assert next(gpu.model.parameters()).device.type == "cpu"  # logged from CPU tensors: loads anywhere
     assert abs(gpu.cost[-1] - cpu.cost[-1]) < 1e-3
+
+
+def test_divergence_is_named_by_epoch():
+    from pipeline.training import DivergenceError, check_divergence
+
+    check_divergence(np.array([0.7, 0.5, 3.0]), 0, 0.7)  # a bump, not divergence
+    with pytest.raises(DivergenceError, match="diverged at epoch 12: the cost is not a number"):
+        check_divergence(np.array([0.4, np.nan, np.inf]), 11, 0.7)
+    with pytest.raises(DivergenceError, match="diverged at epoch 3: the cost rose to 50 from 0.54"):
+        check_divergence(np.array([0.5, 50.0]), 2, 0.54)
+    check_divergence(np.array([0.5, 50.0]), 2, 0.54, rising=False)  # L-BFGS line-search trials

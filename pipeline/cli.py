@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from pipeline import store
+from pipeline.interrupts import Interrupted
 from pipeline.stages import Context
 
 
@@ -38,10 +40,12 @@ def command(func: Callable[..., None]) -> Callable[..., None]:
         try:
             ctx = Context.load(params_path, overrides, dict(os.environ), click.get_current_context().info_name)
             func(ctx, **kwargs)
-        except Exception as exc:
-            if not _is_user_error(exc):
-                raise
-            raise click.ClickException(str(exc)) from exc
+        except BaseException as exc:
+            # Runs opened but not yet under store.running (a failure or signal right after creating them).
+            store.terminate_open("KILLED" if isinstance(exc, KeyboardInterrupt | Interrupted) else "FAILED")
+            if isinstance(exc, Exception) and _is_user_error(exc):
+                raise click.ClickException(str(exc)) from exc
+            raise
 
     return wrapper
 

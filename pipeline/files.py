@@ -1,8 +1,14 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic writes: a reader sees the old file or the new one, never half of either.
+
+Temp files and folders are named `.<name>.<pid>-<random>.tmp` beside their target: a process that
+fails or is interrupted removes its own; one killed outright (SIGKILL, power loss) leaves them, and
+the next write to the same target removes those whose process is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -12,11 +18,39 @@ from pathlib import Path
 from typing import Any
 
 
+def _prefix(path: Path) -> str:
+    """Temp names beside `path` carry this process's id (see the module docstring)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
+    return f".{path.name}.{os.getpid()}-"
+
+
+def remove_stale(path: Path) -> list[Path]:
+    """Remove the temp files and folders beside `path` left by processes that no longer exist."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].partition("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes to a temp file beside `path`, fsync, then rename over it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -52,8 +86,7 @@ def read_json(path: str | Path) -> Any:
 def write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     """Build a directory in a temp sibling with `fill`, then swap it in place of `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
     old = path.with_name(f".{path.name}.old")
     try:
         fill(tmp)
@@ -71,8 +104,7 @@ def write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
 def replacing(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path` to write; it replaces `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:

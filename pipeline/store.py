@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import json
+import os
 import secrets
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -18,14 +21,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import files
+from pipeline.interrupts import Interrupted, deferred
+
 if TYPE_CHECKING:  # mlflow costs ~1.4 s to import: only the functions that talk to the store import it
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+REACH_TIMEOUT_S = 5  # how long a tracking server may take to answer the first request
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAM_VALUE = 6000  # MLflow's param value limit
 FAMILY_TAG = "pipeline.family"  # "model" (BinaryClassifier), "baseline" (scikit-learn) or "execution" (parent)
 PARENT_TAG = "mlflow.parentRunId"  # what nests a run under its parent in the UI
+HOST_TAG, PID_TAG = "pipeline.host", "pipeline.pid"  # which process owns a RUNNING run (to spot dead owners)
 SHA_TAG = "model_sha256"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -67,12 +75,51 @@ def client(uri: str) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
+    _check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with _sqlite_lock(uri, "open"):
-        opened = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        opened.search_experiments(max_results=1)  # the store exists and is migrated before anyone else opens it
-    return opened
+    try:
+        with _sqlite_lock(uri, "open"), deferred():
+            opened = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            opened.search_experiments(max_results=1)  # the store exists and is migrated before anyone else opens it
+    except Exception as exc:  # a bad URI or location fails in many libraries' ways: one message naming it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot open the MLflow store {uri} (MLFLOW_TRACKING_URI): {first}") from exc
+    return _Deferring(opened)
+
+
+def _check_reachable(uri: str) -> None:
+    """A tracking server must answer within REACH_TIMEOUT_S; MLflow's own retries would take minutes to give up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise ValueError(
+            f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer ({type(exc).__name__}): "
+            "start it (`make server`) or unset MLFLOW_TRACKING_URI to use the local store"
+        ) from None
+
+
+class _Deferring:
+    """An MlflowClient whose every call completes before a SIGINT/SIGTERM is acted on (see pipeline.interrupts)."""
+
+    def __init__(self, wrapped: MlflowClient) -> None:
+        self._wrapped = wrapped
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._wrapped, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with deferred():
+                return attr(*args, **kwargs)
+
+        return call
 
 
 @contextmanager
@@ -118,6 +165,40 @@ class RunRef:
     owned: bool = True
 
 
+_OPEN: dict[str, tuple[Any, RunRef]] = {}  # runs this process created and has not terminated yet
+
+
+def _opened(mlflow_client: MlflowClient, run: RunRef) -> RunRef:
+    _OPEN[run.run_id] = (mlflow_client, run)
+    return run
+
+
+def terminate_open(status: str) -> None:
+    """Mark every run this process opened and left RUNNING (a failure before `running` took it over)."""
+    with deferred():
+        while _OPEN:
+            _, (mlflow_client, run) = _OPEN.popitem()
+            mlflow_client.set_terminated(run.run_id, status)
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the current process as owner of a run: the next run marks it KILLED if that process died."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def reap_dead_runs(mlflow_client: MlflowClient, exp_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `exp_id` whose owning process on this host is gone (after SIGKILL)."""
+    host = socket.gethostname().replace("'", "")
+    found = mlflow_client.search_runs(
+        [exp_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'", max_results=1000
+    )
+    pids = {r.info.run_id: r.data.tags.get(PID_TAG, "") for r in found}
+    dead = [run_id for run_id, pid in pids.items() if pid.isdigit() and not files.process_alive(int(pid))]
+    for run_id in dead:
+        mlflow_client.set_terminated(run_id, "KILLED")
+    return dead
+
+
 def open_parent(
     mlflow_client: MlflowClient, experiment: str, uri: str, name: str, tags: Mapping[str, str], run_id: str | None
 ) -> tuple[RunRef, str | None]:
@@ -138,14 +219,18 @@ def open_parent(
             )
         return RunRef(run_id, run.info.experiment_id, owned=False), warning
     exp_id = experiment_id(mlflow_client, experiment, uri)
-    run = mlflow_client.create_run(exp_id, run_name=name, tags=dict(tags))
-    return RunRef(run.info.run_id, exp_id), None
+    reap_dead_runs(mlflow_client, exp_id)
+    with deferred():  # created and recorded as open in one step
+        run = mlflow_client.create_run(exp_id, run_name=name, tags={**tags, **owner_tags()})
+        return _opened(mlflow_client, RunRef(run.info.run_id, exp_id)), None
 
 
 def create_child(mlflow_client: MlflowClient, parent: RunRef, name: str, tags: Mapping[str, str]) -> RunRef:
     """A run nested under the parent in the UI."""
-    run = mlflow_client.create_run(parent.experiment_id, run_name=name, tags={**tags, PARENT_TAG: parent.run_id})
-    return RunRef(run.info.run_id, parent.experiment_id)
+    tags = {**tags, **owner_tags(), PARENT_TAG: parent.run_id}
+    with deferred():
+        run = mlflow_client.create_run(parent.experiment_id, run_name=name, tags=tags)
+        return _opened(mlflow_client, RunRef(run.info.run_id, parent.experiment_id))
 
 
 def run_ref(mlflow_client: MlflowClient, run_id: str, owned: bool = True) -> RunRef:
@@ -166,23 +251,31 @@ def run_name(mlflow_client: MlflowClient, run_id: str) -> str:
 
 @contextmanager
 def running(mlflow_client: MlflowClient, *runs: RunRef) -> Iterator[None]:
-    """RUNNING while the body works; then FINISHED, or FAILED (KILLED on Ctrl-C) if it raised.
+    """RUNNING while the body works; then FINISHED, or FAILED (KILLED on SIGINT/SIGTERM) if it raised.
 
     Runs we do not own (`mlflow run`'s) only get FAILED/KILLED: their FINISHED is MLflow's to set.
+    A run a previous stage finished is RUNNING again while this one works on it, owned by this process.
     """
-    for run in runs:
-        if run.owned:
-            mlflow_client.update_run(run.run_id, status="RUNNING")
+    with deferred():  # every run taken over, or none (a signal raises only after the block)
+        for run in runs:
+            _OPEN[run.run_id] = (mlflow_client, run)
+            if run.owned:
+                mlflow_client.log_batch(run.run_id, tags=_tags(owner_tags()))
+                mlflow_client.update_run(run.run_id, status="RUNNING")
     try:
         yield
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        for run in runs:
-            mlflow_client.set_terminated(run.run_id, status)
+        with deferred():  # a second Ctrl-C must not leave the others RUNNING
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt | Interrupted) else "FAILED"
+            for run in runs:
+                _OPEN.pop(run.run_id, None)
+                mlflow_client.set_terminated(run.run_id, status)
         raise
-    for run in runs:
-        if run.owned:
-            mlflow_client.set_terminated(run.run_id, "FINISHED")
+    with deferred():
+        for run in runs:
+            _OPEN.pop(run.run_id, None)
+            if run.owned:
+                mlflow_client.set_terminated(run.run_id, "FINISHED")
 
 
 def _tags(tags: Mapping[str, str]) -> list[Any]:
@@ -272,13 +365,13 @@ def log_history(mlflow_client: MlflowClient, run_id: str, series: Mapping[str, A
         mlflow_client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
 
 
-def log_files(mlflow_client: MlflowClient, run_id: str, files: Mapping[str, bytes]) -> None:
+def log_files(mlflow_client: MlflowClient, run_id: str, named: Mapping[str, bytes]) -> None:
     """Artifacts from bytes, e.g. {"roc.png": b"..."}, in one upload.
 
     The UI's Compare page shows only files at the artifact root that both runs have: figures go there.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        for name, data in files.items():
+        for name, data in named.items():
             path = Path(tmp, name)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
@@ -368,15 +461,16 @@ def log_model(
     import mlflow
     from mlflow.entities import LoggedModelOutput
 
-    logged = mlflow.initialize_logged_model(
-        name="model",
-        source_run_id=run.run_id,
-        params={k: str(v) for k, v in params.items()},
-        experiment_id=run.experiment_id,
-    )
-    log_metrics(mlflow_client, run.run_id, metrics, split=split, model_id=logged.model_id)
-    mlflow.pyfunc.log_model(name="model", model_id=logged.model_id, **spec)
-    mlflow_client.log_outputs(run.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    with deferred():
+        logged = mlflow.initialize_logged_model(
+            name="model",
+            source_run_id=run.run_id,
+            params={k: str(v) for k, v in params.items()},
+            experiment_id=run.experiment_id,
+        )
+        log_metrics(mlflow_client, run.run_id, metrics, split=split, model_id=logged.model_id)
+        mlflow.pyfunc.log_model(name="model", model_id=logged.model_id, **spec)
+        mlflow_client.log_outputs(run.run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return logged.model_id
 
 
@@ -384,7 +478,8 @@ def register(name: str, model_id: str, tags: Mapping[str, str]) -> ModelVersion:
     """A new version of `name` from a logged model."""
     import mlflow
 
-    return mlflow.register_model(f"models:/{model_id}", name, tags=dict(tags))
+    with deferred():
+        return mlflow.register_model(f"models:/{model_id}", name, tags=dict(tags))
 
 
 def set_version_tags(mlflow_client: MlflowClient, name: str, version: str, tags: Mapping[str, Any]) -> None:

@@ -134,6 +134,37 @@ def test_divergence_fails_the_run_and_registers_nothing(workdir, store_uri, opti
     assert not (workdir / "models/model.pt").exists() and not client.search_registered_models()
 
 
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound then closed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("http://127.0.0.1:{port}", "does not answer (ConnectionError): start it (`make server`)"),
+        ("sqlite:///{tmp}/file.txt/mlflow.db", "cannot open the MLflow store"),  # a file where a folder should be
+        ("sqlite://relative.db", "Invalid SQLite URL"),
+        ("nosuchscheme://x", "cannot open the MLflow store nosuchscheme://x"),
+    ],
+)
+def test_bad_store_fails_fast_by_uri(workdir, tmp_path, monkeypatch, uri, message):
+    import time
+
+    (tmp_path / "file.txt").write_text("")
+    uri = uri.format(port=closed_port(), tmp=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert invoke("prepare").exit_code == 0
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["train"])
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1 and message in result.output and uri in result.output, result.output
+    assert not (workdir / "models/model.pt").exists()
+
+
 def test_missing_training_run_is_a_clear_error(workdir, tmp_path):
     assert invoke("prepare").exit_code == 0
     assert invoke("train").exit_code == 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from pipeline import files, store
+from pipeline import files, interrupts, store
 from pipeline.child import InChild
 from pipeline.params import METRICS, BaselineParams
 from pipeline.stages import FAMILIES, Context, splits, training_runs
@@ -57,34 +57,35 @@ def execute(
     """Both models scored on the same split; metrics to both runs and a JSON file, curves to DVC and MLflow."""
     from pipeline import data, figures
 
-    scoring = InChild(score, data_dir, model_path, ctx.params.evaluate.baseline)
-    meta = data.read_meta(data_dir)
-    client = store.client(ctx.uri)
-    info = files.read_json(run_info_path)
-    parent, model_run = training_runs(client, info, run_info_path, ctx.uri)
-    train_split, eval_split = splits(meta)
-    # scikit-learn fits the baseline in one process, on the CPU
-    tags = {**run_tags(ctx, "baseline", meta["sha256"]), "pipeline.device": "cpu", "pipeline.world_size": "1"}
-    baseline_run = store.create_child(client, parent, f"{FAMILIES['baseline']} · {ctx.lineage.label()}", tags)
-    runs = {"model": model_run, "baseline": baseline_run}
-    with store.running(client, baseline_run, parent):
-        store.log_params(client, baseline_run.run_id, ctx.params.knobs())
-        store.log_datasets(client, baseline_run.run_id, list(dict.fromkeys([train_split, eval_split])))
-        figures.warm_up()  # while the child still loads torch and scikit-learn
-        scored = scoring.result()
-        for family, run in runs.items():
-            eval_metrics = {f"eval_{k}": v for k, v in scored.metrics[family].items()}
-            store.log_metrics(client, run.run_id, eval_metrics, split=eval_split)
-            store.set_tags(client, run.run_id, {"pipeline.evaluated_on": meta["evaluated_on"]})
-        store.log_metrics(client, baseline_run.run_id, scored.baseline_fit, split=train_split)
-        by_name = {FAMILIES[k]: v for k, v in scored.metrics.items()}
-        store.log_files(client, parent.run_id, figures.render(scored.curves, by_name, scored.rows))
-        for family, run in runs.items():  # each child's own curves: Compare shows them side by side
-            name = FAMILIES[family]
-            store.log_files(client, run.run_id, figures.render({name: scored.curves[name]}, by_name, scored.rows))
-        files.write_json(metrics_path, scored.metrics)  # written last: a failed stage leaves the old ones
-        for table, rows in figures.tables(scored.curves).items():
-            files.write_text(plots / f"{table}.json", json.dumps(rows, indent=1) + "\n")
+    with InChild(score, data_dir, model_path, ctx.params.evaluate.baseline) as scoring:
+        meta = data.read_meta(data_dir)
+        client = store.client(ctx.uri)
+        info = files.read_json(run_info_path)
+        parent, model_run = training_runs(client, info, run_info_path, ctx.uri)
+        train_split, eval_split = splits(meta)
+        # scikit-learn fits the baseline in one process, on the CPU
+        tags = {**run_tags(ctx, "baseline", meta["sha256"]), "pipeline.device": "cpu", "pipeline.world_size": "1"}
+        baseline_run = store.create_child(client, parent, f"{FAMILIES['baseline']} · {ctx.lineage.label()}", tags)
+        runs = {"model": model_run, "baseline": baseline_run}
+        with store.running(client, baseline_run, parent):
+            store.log_params(client, baseline_run.run_id, ctx.params.knobs())
+            store.log_datasets(client, baseline_run.run_id, list(dict.fromkeys([train_split, eval_split])))
+            figures.warm_up()  # while the child still loads torch and scikit-learn
+            scored = scoring.result()
+            for family, run in runs.items():
+                eval_metrics = {f"eval_{k}": v for k, v in scored.metrics[family].items()}
+                store.log_metrics(client, run.run_id, eval_metrics, split=eval_split)
+                store.set_tags(client, run.run_id, {"pipeline.evaluated_on": meta["evaluated_on"]})
+            store.log_metrics(client, baseline_run.run_id, scored.baseline_fit, split=train_split)
+            by_name = {FAMILIES[k]: v for k, v in scored.metrics.items()}
+            store.log_files(client, parent.run_id, figures.render(scored.curves, by_name, scored.rows))
+            for family, run in runs.items():  # each child's own curves: Compare shows them side by side
+                name = FAMILIES[family]
+                store.log_files(client, run.run_id, figures.render({name: scored.curves[name]}, by_name, scored.rows))
+            with interrupts.deferred():  # written last and together: a failed stage leaves the old ones
+                files.write_json(metrics_path, scored.metrics)
+                for table, rows in figures.tables(scored.curves).items():
+                    files.write_text(plots / f"{table}.json", json.dumps(rows, indent=1) + "\n")
     click.echo(comparison_table(scored.metrics))
 
 

@@ -34,6 +34,8 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
         new = version is None
         if new:
             version = _register(ctx, client, run, prepared, model_path, results, eval_split, sha)
+        else:
+            _repair_challenger(client, p.model_name, str(version.version))
         decision = _decide(ctx, client, str(version.version), results, prepared, model_path)
         record = {"version": str(version.version), "run_id": run.run_id, **asdict(decision)}
         store.log_files(client, run.run_id, {"gate/decision.json": json.dumps(record, indent=2).encode()})
@@ -64,6 +66,14 @@ def _register(
     version = store.register(name, model_id, {store.SHA_TAG: sha, "pipeline.data_sha256": prepared.sha256})
     store.move_alias(client, name, store.CHALLENGER, version.version, f"new version from run {run.run_id}")
     return version
+
+
+def _repair_challenger(client: Any, name: str, version: str) -> None:
+    """Point @challenger at `version` if it is newer than @challenger's: a registration killed before moving it."""
+    challenger = store.alias_version(client, name, store.CHALLENGER)
+    if challenger is None or int(challenger.version) < int(version):
+        why = f"v{version} was registered but never made challenger (its registration was cut short)"
+        store.move_alias(client, name, store.CHALLENGER, version, why)
 
 
 def _decide(

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import numpy as np
 
-from pipeline import files, store
+from pipeline import files, interrupts, store
 from pipeline.child import InChild
 from pipeline.params import TrainParams
 from pipeline.stages import FAMILIES, Context, splits
@@ -118,31 +118,32 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, history_path: Path, 
     if rank.rank != 0:  # under torchrun: train this rank's shard in step with rank 0, which records everything
         fit(lambda chunk: None, data_dir, p.train, rank)
         return
-    fitting = InChild(fit, data_dir, p.train, rank, stream=True)
-    meta = data.read_meta(data_dir)
-    client = store.client(ctx.uri)
-    name = ctx.lineage.label()
-    world = {"pipeline.world_size": str(rank.world)}
-    parent, warning = store.open_parent(
-        client, p.mlflow.experiment, ctx.uri, name, {**run_tags(ctx, "execution", meta["sha256"]), **world},
-        ctx.env.get("MLFLOW_RUN_ID"),
-    )  # fmt: skip
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
-    tags = {**run_tags(ctx, "model", meta["sha256"]), **world}
-    run = store.create_child(client, parent, f"{FAMILIES['model']} · {name}", tags)
-    with store.running(client, run, parent):
-        for run_id in (parent.run_id, run.run_id):
-            store.log_params(client, run_id, p.knobs())
-            store.log_datasets(client, run_id, list(dict.fromkeys(splits(meta))))
-        fitted = fitting.result(lambda chunk: log_chunk(client, run.run_id, chunk))
-        for run_id in (parent.run_id, run.run_id):  # the device `auto` resolved to
-            store.set_tags(client, run_id, {"pipeline.device": fitted.device})
-        pairs = zip(fitted.cost.tolist(), fitted.accuracy.tolist(), strict=True)
-        rows = "".join(f"{i},{c!r},{a!r}\n" for i, (c, a) in enumerate(pairs))
-        files.write_bytes(model_path, fitted.checkpoint)
-        files.write_text(history_path, "epoch,cost,accuracy\n" + rows)
-        info = {"experiment_id": run.experiment_id, "parent_run_id": parent.run_id, "parent_owned": parent.owned}
-        files.write_json(run_info_path, {**info, "run_id": run.run_id, "run_name": name})
+    with InChild(fit, data_dir, p.train, rank, stream=True) as fitting:
+        meta = data.read_meta(data_dir)
+        client = store.client(ctx.uri)
+        name = ctx.lineage.label()
+        world = {"pipeline.world_size": str(rank.world)}
+        parent, warning = store.open_parent(
+            client, p.mlflow.experiment, ctx.uri, name, {**run_tags(ctx, "execution", meta["sha256"]), **world},
+            ctx.env.get("MLFLOW_RUN_ID"),
+        )  # fmt: skip
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+        tags = {**run_tags(ctx, "model", meta["sha256"]), **world}
+        run = store.create_child(client, parent, f"{FAMILIES['model']} · {name}", tags)
+        with store.running(client, run, parent):
+            for run_id in (parent.run_id, run.run_id):
+                store.log_params(client, run_id, p.knobs())
+                store.log_datasets(client, run_id, list(dict.fromkeys(splits(meta))))
+            fitted = fitting.result(lambda chunk: log_chunk(client, run.run_id, chunk))
+            for run_id in (parent.run_id, run.run_id):  # the device `auto` resolved to
+                store.set_tags(client, run_id, {"pipeline.device": fitted.device})
+            pairs = zip(fitted.cost.tolist(), fitted.accuracy.tolist(), strict=True)
+            rows = "".join(f"{i},{c!r},{a!r}\n" for i, (c, a) in enumerate(pairs))
+            info = {"experiment_id": run.experiment_id, "parent_run_id": parent.run_id, "parent_owned": parent.owned}
+            with interrupts.deferred():  # the three outputs together: never a new model beside an old run id
+                files.write_bytes(model_path, fitted.checkpoint)
+                files.write_text(history_path, "epoch,cost,accuracy\n" + rows)
+                files.write_json(run_info_path, {**info, "run_id": run.run_id, "run_name": name})
     click.echo(fitted.weights)
     click.echo(f"MLflow run {run.run_id} in {name!r} ({ctx.uri})")

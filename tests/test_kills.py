@@ -1,0 +1,145 @@
+"""Real signals at points inside each stage: quick exit, runs KILLED, no temp files, outputs intact, repro recovers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import run_env
+from tests.test_e2e import dvc
+
+pytestmark = pytest.mark.slow
+OUTPUTS = ("data/prepared/X_train.npy", "models/model.pt", "models/mlflow_run.json", "metrics/evaluate.json")
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the stage ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def stage(project: Path, log: Path, *args: str) -> subprocess.Popen:
+    env = run_env(DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=project, env=env, stdout=out, stderr=out)
+
+
+def statuses(client: MlflowClient) -> list[str]:
+    exp = client.get_experiment_by_name("binary-classifier")
+    return [] if exp is None else [r.info.status for r in client.search_runs([exp.experiment_id])]
+
+
+def leftovers(project: Path) -> list[Path]:
+    return [p for p in project.rglob(".*.tmp") if ".dvc" not in p.parts]
+
+
+def signalled(proc: subprocess.Popen, signum: int) -> tuple[float, int]:
+    """Send the signal; how long the process took to exit, and its exit code."""
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    code = proc.wait(timeout=30)
+    return time.monotonic() - sent, code
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_at_each_stage(project, tmp_path, signum):
+    dvc(project, "repro")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    before = {name: (project / name).read_bytes() for name in OUTPUTS}
+    runs_before = len(statuses(client))
+    log = tmp_path / "stage.log"
+
+    def running_runs() -> bool:
+        return statuses(client).count("RUNNING") > 0
+
+    def training() -> bool:
+        return "Epoch    0" in log.read_text() and running_runs()
+
+    # Mid-prepare: a 3M-row synthetic table is being written into a temp folder beside data/prepared.
+    big = ("--set", "prepare.source=synthetic", "--set", "prepare.synthetic.n_samples=3000000")
+    points = {
+        "prepare": (("prepare", *big), lambda: any((project / "data").glob(".prepared.*.tmp"))),
+        "train": (("train", "--set", "train.epochs=10000000"), training),
+        "evaluate": (("evaluate",), running_runs),
+        "register": (("register",), running_runs),
+    }
+    for name, (args, reached) in points.items():
+        proc = stage(project, log, *args)
+        wait_for(reached, proc, f"the middle of {name}")
+        took, code = signalled(proc, signum)
+        message = log.read_text()
+        assert code == 128 + signum, message
+        assert took < 2.0, f"{name} took {took:.2f} s to exit"
+        assert f"interrupted by {signal.Signals(signum).name}" in message and "Traceback" not in message
+        assert not leftovers(project), name
+        assert "RUNNING" not in statuses(client), name
+        for output, data in before.items():  # intact, byte for byte
+            assert (project / output).read_bytes() == data, (name, output)
+    found = statuses(client)
+    assert found.count("KILLED") == 5 and len(found) == runs_before + 3  # only the first baseline run finished
+    dvc(project, "repro", "--force")  # recovers: every stage runs again and succeeds
+    assert "RUNNING" not in statuses(client)
+    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+
+
+def test_sigkill_leftovers_are_cleaned_by_the_next_run(project, tmp_path):
+    dvc(project, "repro")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    log = tmp_path / "stage.log"
+    big = ("--set", "prepare.source=synthetic", "--set", "prepare.synthetic.n_samples=3000000")
+
+    proc = stage(project, log, "prepare", *big)
+    wait_for(lambda: any((project / "data").glob(".prepared.*.tmp")), proc, "prepare's temp folder")
+    signalled(proc, signal.SIGKILL)
+    assert leftovers(project)  # nothing could remove it...
+    proc = stage(project, log, "train", "--set", "train.epochs=10000000")
+    wait_for(lambda: "Epoch    0" in log.read_text() and statuses(client).count("RUNNING") == 2, proc, "training")
+    signalled(proc, signal.SIGKILL)
+    assert statuses(client).count("RUNNING") == 2  # ...nor end its runs
+
+    # A registration killed after creating its version, before moving @challenger to it.
+    client.delete_registered_model_alias("BinaryClassifier", "challenger")
+
+    dvc(project, "repro", "--force")
+    assert not leftovers(project)
+    found = statuses(client)
+    assert "RUNNING" not in found and found.count("KILLED") == 2
+    assert str(client.get_model_version_by_alias("BinaryClassifier", "challenger").version) == "1"
+
+
+def test_ctrl_c_on_dvc_repro_then_repro_recovers(project, tmp_path):
+    params = project / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("epochs: 1000", "epochs: 10000000"))
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    log = tmp_path / "repro.log"
+    env = run_env(DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
+    with log.open("w") as out:  # its own process group, as a terminal's foreground job
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dvc"), "repro"], cwd=project, env=env, stdout=out, stderr=out,
+            start_new_session=True,
+        )  # fmt: skip
+    wait_for(lambda: "Epoch    0" in log.read_text() and statuses(client).count("RUNNING") == 2, proc, "training")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    assert proc.wait(timeout=30) != 0
+    assert "RUNNING" not in statuses(client) and "KILLED" in statuses(client)
+    assert not leftovers(project)
+    params.write_text(original)
+    dvc(project, "repro")
+    assert "Data and pipelines are up to date" in dvc(project, "status").stdout

@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test lint bench ui serve clean
+.PHONY: run test lint bench ui serve server clean
 PORT ?= 5001
+SERVER_PORT ?= 5000
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,11 @@ ui: $(STAMP)
 # The champion from this store, served by `mlflow models serve` with this venv's uvicorn.
 serve: $(STAMP)
 	python -m pipeline serve --port $(PORT)
+
+# A team's tracking server in the foreground: PostgreSQL behind `mlflow server` on 127.0.0.1:$(SERVER_PORT),
+# proxied artifacts; all its state in .server/. Then: export MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT)
+server: $(STAMP)
+	python -m pipeline server --folder .server --port $(SERVER_PORT)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts mlruns data/prepared models metrics dvc.lock

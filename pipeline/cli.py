@@ -222,3 +222,17 @@ def serve(
     from pipeline.stages import serve as stage
 
     stage.execute(ctx, model_uri or predict.champion_uri(ctx), host, port, workers, device, max_request_mb)
+
+
+@main.command()
+@click.option("--folder", default=".server", show_default=True, type=click.Path(), help="Where all its state lives.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int, envvar="SERVER_PORT", help="[env: SERVER_PORT]")
+def server(folder: str, host: str, port: int) -> None:
+    """A team's tracking server in the foreground: PostgreSQL behind `mlflow server`, proxied artifacts."""
+    from pipeline.stages import server as stage
+
+    try:
+        stage.execute(Path(folder), host, port)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc

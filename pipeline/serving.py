@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import types
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -33,33 +34,61 @@ class InputError(ValueError):
     """Rows the model cannot score; the message names the row and column."""
 
 
+def cell_problem(value: Any) -> str | None:
+    """Why one cell cannot be a feature value, or None: a number (not a boolean), finite, within float32."""
+    if isinstance(value, bool | np.bool_):
+        return f"not a number: {value!r} (booleans are refused, send 0 or 1)"
+    if value is None:
+        return "missing, NaN or infinite value"
+    if isinstance(value, str):  # text that reads as a number is one, as in a CSV cell (and MLflow's parser)
+        try:
+            value = float(value)
+        except ValueError:
+            return f"not a number: {_shown(value)}"
+    if not isinstance(value, int | float | np.number):
+        return f"not a number: {_shown(value)}"
+    try:
+        number = float(value)
+    except OverflowError:
+        return f"an integer of {len(str(value))} digits is beyond float32"
+    if not np.isfinite(number):
+        return "missing, NaN or infinite value"
+    if abs(number) > FLOAT32_MAX:  # the model computes in float32
+        return f"{number:g} is beyond float32"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 def feature_matrix(frame: pd.DataFrame, features: tuple[str, ...], first_row: int = 1) -> np.ndarray:
-    """The model's features as a float64 matrix: ints and floats accepted; strings, NaN and inf refused."""
+    """The model's features as a float64 matrix: numbers accepted; booleans, strings, NaN and inf refused."""
     missing = [f for f in features if f not in frame.columns]
     if missing:
         raise InputError(f"missing column(s) {missing}; the model takes {list(features)}")
     columns = frame if tuple(frame.columns) == features else frame[list(features)]
-    try:
-        X = columns.to_numpy(dtype=np.float64)
-    except (ValueError, TypeError):
-        raise InputError(_first_non_number(columns, first_row)) from None
-    bad = ~np.isfinite(X) | (np.abs(X) > FLOAT32_MAX)  # the model computes in float32
+    # Numeric columns are checked in bulk; others cell by cell first, since numpy reads True as 1.0.
+    problem = None if all(kind.kind in "iuf" for kind in columns.dtypes) else first_bad_cell(columns, first_row)
+    if problem:
+        raise InputError(problem)
+    X = columns.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(X) | (np.abs(X) > FLOAT32_MAX)
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        kind = "missing, NaN or infinite value" if not np.isfinite(X[i, j]) else f"{X[i, j]:g} is beyond float32"
-        raise InputError(f"row {first_row + i}, column {features[j]!r}: {kind}")
+        raise InputError(f"row {first_row + i}, column {features[j]!r}: {cell_problem(X[i, j])}")
     return X
 
 
-def _first_non_number(columns: pd.DataFrame, first_row: int) -> str:
-    """Describe the first cell that is not a number (only called once conversion has failed)."""
-    for name in columns.columns:
-        for i, value in enumerate(columns[name].tolist()):
-            try:
-                float(value)
-            except (TypeError, ValueError):
-                return f"row {first_row + i}, column {name!r}: not a number: {value!r}"
-    return f"features {list(columns.columns)} are not numeric"
+def first_bad_cell(columns: pd.DataFrame, first_row: int) -> str | None:
+    """`row R, column 'C': problem` for the first cell (row by row) that cell_problem refuses."""
+    for i, row in enumerate(columns.itertuples(index=False, name=None)):
+        for name, value in zip(columns.columns, row, strict=True):
+            problem = cell_problem(value)
+            if problem:
+                return f"row {first_row + i}, column {name!r}: {problem}"
+    return None
 
 
 class Scorer:
@@ -99,28 +128,62 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
         from pipeline.training import resolve_device
 
         model = model.to(resolve_device(device, key="model_config device"))
-    serving = guard_scoring_server(int(settings.get("max_request_bytes") or 0))
+    serving = guard_scoring_server(int(settings.get("max_request_bytes") or 0), config.features)
     return Scorer(model, config, records=serving)
 
 
 # ---------------------------------------------------------------- request guard
 class RequestGuard:
-    """ASGI wrapper around MLflow's scoring app: the request checks MLflow's server leaves out.
+    """ASGI wrapper around MLflow's scoring app: the request checks MLflow's server leaves out, and metrics.
 
     Refuses a missing Content-Type (MLflow answers 500) and an oversized body (MLflow reads any size)
-    before MLflow parses anything, answers an empty batch with an empty list (MLflow refuses a
-    column-less empty frame), and drops `stack_trace` from error bodies (kept in the server log).
+    before MLflow parses anything; checks every feature cell of a JSON body with the validator batch
+    scoring uses (MLflow reads `true` and "1" as numbers, and names no row); answers an empty batch
+    with an empty list (MLflow refuses a column-less empty frame); drops `stack_trace` from error
+    bodies (kept in the server log). GET /metrics gives Prometheus counts of /invocations answers by
+    status and their latency.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_body_bytes: int) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], max_body_bytes: int, features: tuple[str, ...]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
         self.app = app
         self.max_body_bytes = max_body_bytes  # 0: no limit
+        self.features = features
+        self.registry = CollectorRegistry()  # this app's own: no clash with anything else in the process
+        self.answers = Counter(
+            "invocations", "Answers to POST /invocations by HTTP status", ["status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "invocation_seconds", "Time to answer POST /invocations", registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check /invocations requests; everything else goes straight to MLflow."""
+        """Check and count /invocations requests, answer /metrics; everything else goes straight to MLflow."""
+        if scope["type"] == "http" and scope["path"] == "/metrics" and scope["method"] == "GET":
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            await _answer(send, 200, None, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode())
+            return
         if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        status = [500]  # what an answer that never started counts as
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._invocation(scope, receive, counted)
+        finally:
+            self.answers.labels(str(status[0])).inc()
+            self.latency.observe(time.perf_counter() - started)
+
+    async def _invocation(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
         if not content_type:
@@ -137,8 +200,17 @@ class RequestGuard:
         body = await self._read_body(receive, send)
         if body is None:
             return
-        if content_type.startswith("application/json") and _is_empty_batch(body):
-            await _answer(send, 200, None, b'{"predictions": []}')
+        if content_type.startswith("application/json"):
+            if _is_empty_batch(body):
+                await _answer(send, 200, None, b'{"predictions": []}')
+                return
+            problem = json_problem(body, self.features)
+        elif content_type.startswith("text/csv"):
+            problem = csv_problem(body, self.features)
+        else:
+            problem = None
+        if problem:
+            await _answer(send, 400, problem)
             return
         await self.app(scope, _replay(body, receive), _scrubbing(send))
 
@@ -163,6 +235,60 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def json_problem(body: bytes, features: tuple[str, ...]) -> str | None:
+    """What is wrong with a JSON body: not JSON, or the first feature cell cell_problem refuses (by row)."""
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        return "request body is not a table: JSON nested too deeply"
+    except ValueError as exc:  # UnicodeDecodeError included
+        return f"request body is not valid JSON: {exc}"
+    for i, row in enumerate(_payload_rows(payload)):
+        for name in features:
+            if name in row:
+                problem = cell_problem(row[name])
+                if problem:
+                    return f"request row {i + 1}, column {name!r}: {problem}"
+    return None
+
+
+def csv_problem(body: bytes, features: tuple[str, ...]) -> str | None:
+    """The first feature cell of a CSV body that cell_problem refuses, by row (= line, the header is line 1)."""
+    import io
+
+    try:
+        frame = pd.read_csv(io.BytesIO(body), skipinitialspace=True)
+    except Exception:  # pandas raises many types for text that is not a table: MLflow's parser says why
+        return None
+    if not set(features) <= set(frame.columns):
+        return None  # MLflow names the missing columns
+    try:
+        feature_matrix(frame, features, first_row=2)
+    except InputError as exc:
+        return f"request {exc}"
+    return None
+
+
+def _payload_rows(payload: Any) -> Iterator[dict[str, Any]]:
+    """The rows of MLflow's JSON payloads as dicts; nothing for shapes MLflow itself will refuse."""
+    if not isinstance(payload, dict) or len(payload) != 1:
+        return
+    ((key, table),) = payload.items()
+    if key == "dataframe_split" and isinstance(table, dict):
+        columns, data = table.get("columns"), table.get("data")
+        if isinstance(columns, list) and isinstance(data, list):
+            hashable = [c if isinstance(c, str) else None for c in columns]
+            for row in data:
+                if isinstance(row, list) and len(row) == len(columns):
+                    yield dict(zip(hashable, row, strict=True))
+    elif key in ("dataframe_records", "inputs", "instances") and isinstance(table, list):
+        yield from (row for row in table if isinstance(row, dict))
+    elif key in ("inputs", "instances") and isinstance(table, dict):
+        columns = {k: v if isinstance(v, list) else [v] for k, v in table.items()}
+        for i in range(max(map(len, columns.values()), default=0)):
+            yield {k: v[i] for k, v in columns.items() if i < len(v)}
 
 
 def _is_empty_batch(body: bytes) -> bool:
@@ -226,12 +352,14 @@ def _without_stack_trace(body: bytes) -> bytes:
     return json.dumps(payload).encode()
 
 
-async def _answer(send: Send, status: int, message: str | None, body: bytes | None = None) -> None:
+async def _answer(
+    send: Send, status: int, message: str | None, body: bytes | None = None, content_type: bytes = b"application/json"
+) -> None:
     """A JSON response in MLflow's error shape (or the given body)."""
     if body is None:
         code = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
         body = json.dumps({"error_code": code, "message": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -239,7 +367,7 @@ async def _answer(send: Send, status: int, message: str | None, body: bytes | No
 class _GuardedAppModule(types.ModuleType):
     """MLflow's app module, whose `app` attribute comes back wrapped in a RequestGuard."""
 
-    _guard_max_body_bytes: int
+    _guard_settings: tuple[int, tuple[str, ...]]
 
     @property
     def app(self) -> RequestGuard:
@@ -248,11 +376,11 @@ class _GuardedAppModule(types.ModuleType):
         if "app" not in state:
             raise AttributeError("app")
         if state.get("_guarded") is None or state["_guarded"].app is not state["app"]:
-            state["_guarded"] = RequestGuard(state["app"], state["_guard_max_body_bytes"])
+            state["_guarded"] = RequestGuard(state["app"], *state["_guard_settings"])
         return state["_guarded"]
 
 
-def guard_scoring_server(max_body_bytes: int) -> bool:
+def guard_scoring_server(max_body_bytes: int, features: tuple[str, ...]) -> bool:
     """Wrap the app of `mlflow models serve` when the model is loaded to build it; True if installed.
 
     uvicorn imports mlflow.pyfunc.scoring_server.app, whose body loads the model (we run here) and
@@ -262,6 +390,6 @@ def guard_scoring_server(max_body_bytes: int) -> bool:
     module = sys.modules.get(SERVER_APP_MODULE)
     if module is None or "app" in vars(module):
         return False  # not building the server (or it is built already)
-    module.__dict__["_guard_max_body_bytes"] = max_body_bytes
+    module.__dict__["_guard_settings"] = (max_body_bytes, features)
     module.__class__ = _GuardedAppModule
     return True

@@ -42,7 +42,7 @@ ALIAS_LOG = "alias_log."  # registered-model tags, one per alias move: the histo
 # `pipeline serve --device/--max-request-mb` override it): on the CPU even on a CUDA host, bodies to 16 MiB.
 SERVING_CONFIG = {"device": "cpu", "max_request_bytes": 16 << 20}
 # What the served model needs; versions come from this environment, local build tags dropped.
-SERVING_PACKAGES = ("mlflow", "torch", "numpy", "pandas")
+SERVING_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "prometheus_client")
 EXPERIMENT_DESCRIPTION = (
     "The PyTorch tutorial's BinaryClassifier (nn.Linear + nn.Sigmoid) against scikit-learn's LogisticRegression. "
     "One parent run per pipeline execution (`dvc repro`, `dvc exp run`, `python -m pipeline run`, `mlflow run`), "

@@ -223,7 +223,13 @@ def split(data, columns=("x1", "x2")) -> bytes:
 BIG = split([[1.5, 2.5]] * 6000)  # over MAX_BODY
 BAD = {
     "missing column": (split([[1]], ["x1"]), JSON, 400, "missing inputs ['x2']"),
-    "string": (split([["abc", 2]]), JSON, 400, "could not convert string to float: 'abc'"),
+    "string": (split([[1, 2], ["abc", 2]]), JSON, 400, "request row 2, column 'x1': not a number: 'abc'"),
+    "boolean": (split([[1, True]]), JSON, 400, "request row 1, column 'x2': not a number: True (booleans are refused"),
+    "boolean record": (b'{"dataframe_records": [{"x1": false, "x2": 1}]}', JSON, 400, "row 1, column 'x1'"),
+    "boolean input": (b'{"inputs": {"x1": [1, 2], "x2": [3, true]}}', JSON, 400, "row 2, column 'x2'"),
+    "list in a cell": (split([[[1], 2]]), JSON, 400, "request row 1, column 'x1': not a number: [1]"),
+    "deeply nested": (b"[" * 30_000 + b"]" * 30_000, JSON, 400, "nested too deeply"),
+    "not UTF-8": (b'{"inputs": "\xff\xfe"}', JSON, 400, "not valid JSON"),
     "NaN": (b'{"dataframe_split": {"columns": ["x1", "x2"], "data": [[NaN, 2]]}}', JSON, 400, "column 'x1'"),
     "inf": (b'{"dataframe_split": {"columns": ["x1", "x2"], "data": [[1, -Infinity]]}}', JSON, 400, "column 'x2'"),
     "null": (split([[1, 2], [None, 2]]), JSON, 400, "row 2, column 'x1': missing"),
@@ -233,7 +239,8 @@ BAD = {
     "wrong content type": (split([[1, 2]]), {"Content-Type": "text/plain"}, 415, "content types"),
     "no content type": (split([[1, 2]]), {}, 415, "missing Content-Type"),
     "unparseable CSV": (b'x1,x2\n"1,2\n', {"Content-Type": "text/csv"}, 400, "CSV"),
-    "CSV string": (b"x1,x2\nabc,2\n", {"Content-Type": "text/csv"}, 400, "could not convert"),
+    "CSV string": (b"x1,x2\n1,2\nabc,2\n", {"Content-Type": "text/csv"}, 400, "request row 3, column 'x1'"),
+    "CSV boolean": (b"x1,x2\nTrue,2\n", {"Content-Type": "text/csv"}, 400, "row 2, column 'x1': not a number: True"),
     "oversized body": (BIG, JSON, 413, f"over the limit of {MAX_BODY} bytes"),
 }
 
@@ -260,6 +267,112 @@ def test_oversized_chunked_body_is_refused_while_reading(server):
     finally:
         conn.close()
     assert request(port, "GET", "/ping")[0] == 200
+
+
+CELLS = [True, False, None, "abc", "1", "", [], {}, [1, [2]], {"a": 1}, 1e308, -1e39, 10**30, 10**400, 0.5, -3]
+TYPES = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "text/csv",
+    "application/vnd.apache.parquet",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "\u00ff",
+    "application/json; x",
+]
+
+
+def fuzz_requests(n: int, seed: int):
+    """n malformed or odd requests (method, body, headers), seeded: random bytes, cells, shapes, nesting, CSV."""
+    import random
+
+    rng = random.Random(seed)
+
+    def cell():
+        return rng.choice(CELLS) if rng.random() < 0.5 else rng.uniform(-10, 10)
+
+    def shape():
+        rows = [[cell() for _ in range(rng.choice([0, 1, 2, 2, 3]))] for _ in range(rng.randint(0, 4))]
+        columns = rng.choice([["x1", "x2"], ["x2", "x1"], ["x1"], ["x1", "x2", "x3"], [], [1, 2], None, "x1"])
+        records = [{rng.choice(["x1", "x2", "y", ""]): cell() for _ in range(3)} for _ in range(rng.randint(0, 3))]
+        return rng.choice(
+            [
+                {"dataframe_split": {"columns": columns, "data": rows}},
+                {"dataframe_split": {"data": rows}},
+                {"dataframe_split": rows},
+                {"dataframe_records": records},
+                {"dataframe_records": rows},
+                {"inputs": {"x1": [cell()], "x2": cell()}},
+                {"inputs": records},
+                {"instances": rows},
+                {"inputs": cell()},
+                {"dataframe_split": {"columns": ["x1", "x2"], "data": [[1, 2]]}, "params": {"a": cell()}},
+                {"dataframe_split": {"columns": ["x1", "x2"], "data": [[1, 2]]}, "inputs": []},
+                {rng.choice(["rows", "data", ""]): rows},
+                rows,
+                cell(),
+            ]
+        )
+
+    for _ in range(n):
+        kind = rng.randrange(8)
+        method, content_type = "POST", rng.choice(TYPES[:3]) if rng.random() < 0.8 else rng.choice(TYPES)
+        if kind == 0:
+            body = rng.randbytes(rng.randint(0, 3000))
+        elif kind == 1:
+            text = json.dumps(shape())
+            body = text[: rng.randint(0, len(text))].encode()  # cut anywhere
+        elif kind == 2:
+            depth = rng.choice([10, 1000, 50_000, 200_000])
+            opener, closer = rng.choice([("[", "]"), ('{"a":', "}"), ('{"inputs":[', "]}")])
+            body = (opener * depth + "1" + closer * depth).encode()
+        elif kind == 3:
+            lines = [",".join(rng.choice(["x1", "x2", "x3", '"', "", "\ufeffx1"]) for _ in range(rng.randint(0, 3)))]
+            lines += [",".join(str(cell()) for _ in range(rng.randint(0, 4))) for _ in range(rng.randint(0, 4))]
+            body, content_type = "\n".join(lines).encode(), "text/csv"
+        elif kind == 4:
+            frame = pd.DataFrame({"x1": [rng.choice(CELLS[:6]) for _ in range(3)], "x2": [1.0, 2.0, 3.0]})
+            buffer = io.BytesIO()
+            try:
+                frame.to_parquet(buffer)
+            except Exception:
+                buffer = io.BytesIO(rng.randbytes(200))
+            body, content_type = buffer.getvalue(), "application/vnd.apache.parquet"
+        elif kind == 5:
+            method, body = rng.choice(["GET", "PUT", "DELETE", "PATCH"]), json.dumps(shape()).encode()
+        else:
+            body = json.dumps(shape()).encode()
+        headers = {"Content-Type": content_type} if rng.random() < 0.97 else {}
+        yield method, body, headers
+
+
+def test_fuzzed_requests_get_4xx_never_5xx(server):
+    port, _ = server
+    seen: dict[int, int] = {}
+    for method, body, headers in fuzz_requests(3000, seed=0):
+        status, text = request(port, method, "/invocations", body, headers)
+        seen[status] = seen.get(status, 0) + 1
+        assert 200 <= status < 500, (status, body[:200], headers, text[:500])
+        assert "Traceback" not in text and "stack_trace" not in text, text[:500]
+    print("fuzzed request statuses:", dict(sorted(seen.items())))
+    assert request(port, "GET", "/ping")[0] == 200
+
+
+def test_prometheus_metrics(server):
+    port, _ = server
+
+    def count(text: str, status: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith(f'invocations_total{{status="{status}"}}')), None)
+        return 0.0 if line is None else float(line.split()[-1])
+
+    before = request(port, "GET", "/metrics")[1]
+    assert invoke_json(port, {"dataframe_split": {"columns": ["x1", "x2"], "data": [[1, 2]]}})[0] == 200
+    assert request(port, "POST", "/invocations", split([[True, 2]]), JSON)[0] == 400
+    status, after = request(port, "GET", "/metrics")
+    assert status == 200 and "# TYPE invocation_seconds histogram" in after
+    assert count(after, "200") == count(before, "200") + 1 and count(after, "400") == count(before, "400") + 1
+    assert "invocation_seconds_bucket{le=" in after
 
 
 # ---------------------------------------------------------------- the logged model, from Python
@@ -314,12 +427,15 @@ def test_feature_matrix_accepts_numbers_and_names_bad_cells():
     features = ("x1", "x2")
     frame = pd.DataFrame({"x2": np.float32([2, 3]), "x1": np.int64([1, 2]), "id": ["a", "b"]})
     np.testing.assert_array_equal(feature_matrix(frame, features), [[1, 2], [2, 3]])
-    assert feature_matrix(pd.DataFrame({"x1": [True], "x2": [0]}), features).tolist() == [[1.0, 0.0]]
+    assert feature_matrix(pd.DataFrame({"x1": ["1.5"], "x2": [0]}), features).tolist() == [[1.5, 0.0]]  # as in CSV
     cases = [
         (pd.DataFrame({"x1": [1.0]}), "missing column(s) ['x2']"),
         (pd.DataFrame({"x1": [1.0, 2.0], "x2": [1.0, "two"]}), "row 11, column 'x2': not a number: 'two'"),
         (pd.DataFrame({"x1": [1.0, np.nan], "x2": [1.0, 2.0]}), "row 11, column 'x1': missing"),
         (pd.DataFrame({"x1": [1.0], "x2": [np.inf]}), "row 10, column 'x2'"),
+        (pd.DataFrame({"x1": [1, True], "x2": [0, 1]}), "row 11, column 'x1': not a number: True"),
+        (pd.DataFrame({"x1": [False], "x2": [0]}), "row 10, column 'x1': not a number: False"),
+        (pd.DataFrame({"x1": [10**400], "x2": [0]}), "row 10, column 'x1': an integer of 401 digits is beyond"),
     ]
     for frame, message in cases:
         with pytest.raises(InputError, match=rf"^{message[:12]}") as info:

@@ -1,0 +1,127 @@
+"""Team mode for real: `pipeline server` (PostgreSQL + `mlflow server`), the pipeline through it, a DVC remote."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from tests.conftest import run_env, sh
+from tests.test_serving import free_port, invoke_json
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def team_server():
+    """The server `make server` runs, on a free port, its state in a temp folder the postgres user can reach."""
+    if shutil.which("pg_config") is None:
+        pytest.skip("PostgreSQL is not installed (no pg_config on PATH)")
+    folder = Path(tempfile.mkdtemp(prefix="team-server-"))
+    folder.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must enter it
+    port = free_port()
+    log = folder.parent / f"{folder.name}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "server", "--folder", str(folder / "state"), "--port", str(port)],
+            env=run_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while "Ctrl-C stops both" not in log.read_text(errors="replace"):
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace")
+            if "PostgreSQL" in text:
+                pytest.skip(f"PostgreSQL cannot start here: {text[-500:]}")
+            pytest.fail(f"the team server exited {proc.returncode}:\n{text[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the team server did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.3)
+    yield url, folder / "state"
+    proc.send_signal(signal.SIGTERM)  # what Ctrl-C or `kill` does: both servers stop
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 15
+    while str(folder) in subprocess.run(["ps", "-eo", "cmd"], capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline, "a server process outlived `pipeline server`"
+        time.sleep(0.2)
+    shutil.rmtree(folder, ignore_errors=True)
+    log.unlink(missing_ok=True)
+
+
+def test_pipeline_registry_serving_and_batch_scoring_through_the_team_server(team_server, project, tmp_path):
+    url, state = team_server
+    (project / "mlflow.db").unlink()  # the local default store: nothing may land there
+    env = run_env(MLFLOW_TRACKING_URI=url, DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
+    out = sh([sys.executable, "-m", "pipeline", "run"], project, env).stdout
+    assert "@champion" in out
+    client = MlflowClient(url)
+    version = client.get_model_version_by_alias("BinaryClassifier", "champion")
+    assert str(version.version) == "1"
+    assert any(state.joinpath("artifacts").rglob("MLmodel"))  # artifacts went to the server, proxied
+    history = sh([sys.executable, "-m", "pipeline", "history"], project, env).stdout
+    assert "champion" in history and "first champion" in history
+
+    # Batch scoring, through the registry on the server.
+    (tmp_path / "in.csv").write_text("x1,x2\n1,2\n6,2\n")
+    sh([sys.executable, "-m", "pipeline", "predict", "--input", str(tmp_path / "in.csv"),
+        "--output", str(tmp_path / "out.csv")], project, env)  # fmt: skip
+    assert (tmp_path / "out.csv").read_text().splitlines()[0] == "probability,label"
+
+    # `make serve`: the champion served from the server's registry.
+    port = free_port()
+    serve_log = (tmp_path / "serve.log").open("w")
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--port", str(port)], cwd=project, env=env,
+        stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert serving.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.3)
+        status, answer = invoke_json(port, {"dataframe_split": {"columns": ["x1", "x2"], "data": [[1, 2], [6, 2]]}})
+        assert status == 200 and [row["label"] for row in answer["predictions"]] == [0, 1]
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        serving.wait(timeout=30)
+    assert not any((project / name).exists() for name in ("mlflow.db", "mlruns", "mlartifacts"))
+
+
+def test_dvc_remote_round_trip_reproduces_the_champions_evaluation(team_server, project, tmp_path):
+    url, _ = team_server
+    (project / "mlflow.db").unlink()
+    env = run_env(MLFLOW_TRACKING_URI=url, DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
+    sh([sys.executable, "-m", "dvc", "repro"], project, env)
+    sh([sys.executable, "-m", "dvc", "push"], project, env)  # to the default remote: ../dvc-remote beside the repo
+    assert any((project.parent / "dvc-remote").rglob("*"))
+    sh(["git", "add", "dvc.lock"], project, env)
+    sh(["git", "commit", "-qm", "pipeline outputs"], project, env)
+
+    clone = project.parent / "clone"
+    sh(["git", "clone", "-q", str(project), str(clone)], project.parent, env)
+    sh([sys.executable, "-m", "dvc", "pull"], clone, env)
+    for output in ("data/prepared/X_train.npy", "models/model.pt", "models/mlflow_run.json"):
+        assert (clone / output).read_bytes() == (project / output).read_bytes()
+    # The clone re-evaluates the pulled model on the pulled data: the champion's numbers, exactly.
+    sh([sys.executable, "-m", "pipeline", "evaluate"], clone, env)
+    again = json.loads((clone / "metrics/evaluate.json").read_text())
+    assert again == json.loads((project / "metrics/evaluate.json").read_text())
+    champion = MlflowClient(url).get_model_version_by_alias("BinaryClassifier", "champion")
+    logged = MlflowClient(url).get_run(champion.run_id).data.metrics
+    assert {k: logged[f"eval_{k}"] for k in again["model"]} == again["model"]

@@ -141,8 +141,8 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml", overrides)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        source = open_source("synthetic", "y", None, opts.rows, opts.features, params.prepare.seed)
-        prepare_s = _timed(lambda: prepare_dir(tmp / "prepared", source, 0.0, params.prepare.seed, False))
+        source = open_source("synthetic", "y", None, opts.rows, opts.features, params.prepare.seed, None)
+        prepare_s = _timed(lambda: prepare_dir(tmp / "prepared", source, 0.0, params.prepare.seed, False, "error"))
         prepared = load_prepared(tmp / "prepared")
         X, y = prepared.X_train, prepared.y_train
         bandwidth = memcpy_bandwidth(X)

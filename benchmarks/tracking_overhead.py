@@ -83,8 +83,8 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared"
-        source = open_source(str(REPO / "data/raw/tutorial.csv"), "y", None, 0, 0, 1)
-        data.prepare_dir(prepared, source, 0.0, seed=1, standardize=False)
+        source = open_source(str(REPO / "data/raw/tutorial.csv"), "y", None, 0, 0, 1, None)
+        data.prepare_dir(prepared, source, 0.0, seed=1, standardize=False, missing="error")
         table = data.load_prepared(prepared)
         x_train, y_train = torch.from_numpy(table.X_train), torch.from_numpy(table.y_train).reshape(-1, 1)
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"

@@ -11,8 +11,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import files
-from pipeline.serving import InputError, feature_matrix
-from pipeline.sources import csv_header, file_format
+from pipeline.tables import TableError, check_file, csv_header, feature_matrix, file_format
 
 OUTPUTS = ("probability", "label")
 
@@ -38,9 +37,7 @@ class InputFile:
 
 def open_input(path: Path) -> InputFile:
     """Read only the header or the Parquet footer: columns and size, no rows."""
-    fmt = file_format(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: input file not found")
+    fmt = check_file(path)
     if fmt == "csv":
         return InputFile(path, fmt, tuple(csv_header(path)), path.stat().st_size)
     import pyarrow.parquet as pq
@@ -48,7 +45,7 @@ def open_input(path: Path) -> InputFile:
     try:
         meta = pq.ParquetFile(path).metadata
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise ValueError(f"{path}: not a Parquet file: {exc}") from None
+        raise TableError(f"{path}: not a Parquet file: {exc}") from None
     return InputFile(path, fmt, tuple(meta.schema.names), meta.num_rows)
 
 
@@ -91,8 +88,8 @@ def score_file(
         for chunk in read_chunks(source, needed, rows):
             try:
                 X = feature_matrix(chunk.frame, features, chunk.first_row)
-            except InputError as exc:
-                raise InputError(f"{source.path}, {exc}") from None
+            except TableError as exc:
+                raise TableError(f"{source.path}, {exc}") from None
             scored = predict(pd.DataFrame(X, columns=list(features)))[list(OUTPUTS)]
             passed = chunk.frame[list(keep)].reset_index(drop=True)
             write(pd.concat([passed, scored], axis=1))

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import files
-from pipeline.sources import CHUNK_ROWS, Chunk, DataError, Source
+from pipeline.sources import CHUNK_ROWS, Chunk, Source
+from pipeline.tables import TableError
 
-__all__ = ["DataError", "Prepared", "load_prepared", "prepare_dir", "read_meta"]
+__all__ = ["Prepared", "TableError", "load_prepared", "prepare_dir", "read_meta"]
 
 
 @dataclass(frozen=True)
@@ -38,29 +39,41 @@ class Prepared:
     sha256: str = ""
 
 
-def check_chunk(chunk: Chunk, source: Source) -> None:
-    """Finite features and 0/1 labels; the error names the row as the file counts it, and the column."""
-    bad = np.argwhere(~np.isfinite(chunk.X))
-    if bad.size:
-        i, j = bad[0]
-        raise DataError(
-            f"{source.origin}, row {chunk.first_row + i}, column {source.features[j]!r}: missing, NaN or infinite value"
-        )
-    not_binary = np.flatnonzero((chunk.y != 0) & (chunk.y != 1))
+def check_chunk(chunk: Chunk, source: Source, missing: str) -> tuple[Chunk, int]:
+    """0/1 labels and finite features, a row with a missing value refused or dropped (prepare.missing).
+
+    Returns the rows kept and how many were dropped; an error names the row as the file counts it, and the column.
+    """
+    not_binary = np.flatnonzero((chunk.y != 0) & (chunk.y != 1) & ~np.isnan(chunk.y))
     if not_binary.size:
         i = not_binary[0]
-        raise DataError(
+        raise TableError(
             f"{source.origin}, row {chunk.first_row + i}, column {source.label!r}: "
-            f"label must be 0 or 1, got {chunk.y[i]:g}"
+            f"label must be 0 or 1, got {chunk.y[i]:g} (or set prepare.positive to the value that means 1)"
         )
+    bad, no_label = ~np.isfinite(chunk.X), np.isnan(chunk.y)
+    if not bad.any() and not no_label.any():
+        return chunk, 0
+    rows = bad.any(axis=1) | no_label
+    refused = rows if missing == "error" else np.isinf(chunk.X).any(axis=1)  # infinity is a value, not a gap
+    if refused.any():
+        i = int(np.argmax(refused))
+        where = f"{source.origin}, row {chunk.first_row + i}"
+        hint = " (prepare.missing: drop drops such rows)" if missing == "error" else ""
+        if not bad[i].any():
+            raise TableError(f"{where}, column {source.label!r}: missing label{hint}")
+        j = int(np.argmax(bad[i]))
+        hint = "" if np.isinf(chunk.X[i, j]) else hint
+        raise TableError(f"{where}, column {source.features[j]!r}: missing, NaN or infinite value{hint}")
+    return Chunk(chunk.X[~rows], chunk.y[~rows], chunk.first_row), int(rows.sum())
 
 
 def check_labels(y: np.ndarray, source: Source) -> None:
     """At least two rows and both classes."""
     if y.shape[0] < 2:
-        raise DataError(f"{source.origin}: need at least two rows, got {y.shape[0]}")
+        raise TableError(f"{source.origin}: need at least two rows, got {y.shape[0]}")
     if np.unique(y).size < 2:
-        raise DataError(f"{source.origin}, column {source.label!r}: only one class present ({y[0]:g}); need both")
+        raise TableError(f"{source.origin}, column {source.label!r}: only one class present ({y[0]:g}); need both")
 
 
 def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +87,7 @@ def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.nda
         idx = rng.permutation(np.flatnonzero(y == cls))
         n_test = int(round(test_size * idx.size))
         if n_test == 0 or n_test == idx.size:
-            raise DataError(
+            raise TableError(
                 f"prepare.test_size={test_size} leaves class {cls:g} ({idx.size} rows) with no "
                 f"{'test' if n_test == 0 else 'train'} rows"
             )
@@ -163,8 +176,12 @@ def _digest(directory: Path, names: list[str], meta: dict) -> str:
     return h.hexdigest()
 
 
-def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, standardize: bool) -> dict:
+def prepare_dir(
+    out: str | Path, source: Source, test_size: float, seed: int, standardize: bool, missing: str
+) -> dict:
     """Stream the source into `out` (atomically): validated, split, standardiser fitted on train only.
+
+    `missing` ("error" or "drop") says what a row with a missing feature or label does; meta counts the drops.
 
     Writes X_train.npy / y_train.npy (and X_test / y_test unless test_size is 0) plus meta.json;
     returns the meta, whose sha256 identifies the prepared data.
@@ -173,12 +190,13 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
 
     def fill(tmp: Path) -> None:
         d = len(source.features)
-        labels = []
+        labels, dropped = [], 0
         with NpyWriter(tmp / "X_all.npy", d) as everything:
             for chunk in source.chunks():
-                check_chunk(chunk, source)
-                everything.write(chunk.X)
-                labels.append(chunk.y)
+                kept, n = check_chunk(chunk, source, missing)
+                everything.write(kept.X)
+                labels.append(kept.y)
+                dropped += n
         y = np.concatenate(labels) if labels else np.empty(0, np.float32)
         check_labels(y, source)
         train_idx, test_idx = stratified_split(y, test_size, seed)
@@ -212,6 +230,7 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
             scale=scale,
             n_train=int(train_idx.size),
             n_test=int(test_idx.size or train_idx.size),
+            dropped_rows=dropped,
         )
         names = sorted(f.name for f in tmp.iterdir() if f.suffix == ".npy")
         meta["sha256"] = _digest(tmp, names, meta)

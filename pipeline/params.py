@@ -17,6 +17,7 @@ class ParamsError(ValueError):
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
+MISSING = ("error", "drop")  # prepare.missing: what a row with a missing feature or label does
 # Metric name -> True when higher is better; evaluate computes exactly these.
 METRICS = {
     "accuracy": True,
@@ -42,7 +43,9 @@ class PrepareParams:
 
     source: str
     label: str
+    positive: str | None
     features: list[str] | None
+    missing: str
     test_size: float
     standardize: bool
     seed: int
@@ -151,6 +154,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         value = float(value) if ok else value
     elif tp is str:
         ok = isinstance(value, str)
+        if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off/true/false as booleans
+            raise ParamsError(f"{key}: expected text, got the boolean {value!r}: quote it, e.g. \"yes\"")
     else:  # pragma: no cover - a schema bug, not user input
         raise TypeError(f"unsupported type {tp!r} for {key}")
     if not ok:
@@ -253,6 +258,7 @@ def _check_ranges(p: Params) -> None:
     """Reject values that have the right type but no meaning."""
     checks = [
         ("prepare.test_size", 0.0 <= p.prepare.test_size < 1.0, "must be in [0, 1)"),
+        ("prepare.missing", p.prepare.missing in MISSING, f"must be one of {', '.join(MISSING)}"),
         ("train.lr", p.train.lr > 0, "must be > 0"),
         ("train.epochs", p.train.epochs >= 0, "must be >= 0"),
         ("train.log_every", p.train.log_every >= 1, "must be >= 1"),

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.model import BinaryClassifier, ModelConfig, load_checkpoint, predict_proba
+from pipeline.tables import TableError, cell_problem, feature_matrix
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,70 +26,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _log = logging.getLogger(__name__)
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 SERVER_APP_MODULE = "mlflow.pyfunc.scoring_server.app"  # what `mlflow models serve` runs under uvicorn
 EMPTY_BATCH_PROBE_BYTES = 512  # an empty batch is a short body; longer ones are left to MLflow's parser
-
-
-class InputError(ValueError):
-    """Rows the model cannot score; the message names the row and column."""
-
-
-def cell_problem(value: Any) -> str | None:
-    """Why one cell cannot be a feature value, or None: a number (not a boolean), finite, within float32."""
-    if isinstance(value, bool | np.bool_):
-        return f"not a number: {value!r} (booleans are refused, send 0 or 1)"
-    if value is None:
-        return "missing, NaN or infinite value"
-    if isinstance(value, str):  # text that reads as a number is one, as in a CSV cell (and MLflow's parser)
-        try:
-            value = float(value)
-        except ValueError:
-            return f"not a number: {_shown(value)}"
-    if not isinstance(value, int | float | np.number):
-        return f"not a number: {_shown(value)}"
-    try:
-        number = float(value)
-    except OverflowError:
-        return f"an integer of {len(str(value))} digits is beyond float32"
-    if not np.isfinite(number):
-        return "missing, NaN or infinite value"
-    if abs(number) > FLOAT32_MAX:  # the model computes in float32
-        return f"{number:g} is beyond float32"
-    return None
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
-
-
-def feature_matrix(frame: pd.DataFrame, features: tuple[str, ...], first_row: int = 1) -> np.ndarray:
-    """The model's features as a float64 matrix: numbers accepted; booleans, strings, NaN and inf refused."""
-    missing = [f for f in features if f not in frame.columns]
-    if missing:
-        raise InputError(f"missing column(s) {missing}; the model takes {list(features)}")
-    columns = frame if tuple(frame.columns) == features else frame[list(features)]
-    # Numeric columns are checked in bulk; others cell by cell first, since numpy reads True as 1.0.
-    problem = None if all(kind.kind in "iuf" for kind in columns.dtypes) else first_bad_cell(columns, first_row)
-    if problem:
-        raise InputError(problem)
-    X = columns.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(X) | (np.abs(X) > FLOAT32_MAX)
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        raise InputError(f"row {first_row + i}, column {features[j]!r}: {cell_problem(X[i, j])}")
-    return X
-
-
-def first_bad_cell(columns: pd.DataFrame, first_row: int) -> str | None:
-    """`row R, column 'C': problem` for the first cell (row by row) that cell_problem refuses."""
-    for i, row in enumerate(columns.itertuples(index=False, name=None)):
-        for name, value in zip(columns.columns, row, strict=True):
-            problem = cell_problem(value)
-            if problem:
-                return f"row {first_row + i}, column {name!r}: {problem}"
-    return None
 
 
 class Scorer:
@@ -104,7 +43,7 @@ class Scorer:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         try:
             X = feature_matrix(frame, self.config.features)
-        except InputError as exc:
+        except TableError as exc:
             from mlflow.exceptions import MlflowException
             from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
@@ -266,7 +205,7 @@ def csv_problem(body: bytes, features: tuple[str, ...]) -> str | None:
         return None  # MLflow names the missing columns
     try:
         feature_matrix(frame, features, first_row=2)
-    except InputError as exc:
+    except TableError as exc:
         return f"request {exc}"
     return None
 

@@ -7,17 +7,16 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from pipeline.tables import FLOAT32_MAX, FORMATS, TableError, cell_problem, check_file, check_header, csv_header
 
 BUILTIN_SOURCES = ("breast_cancer",)
 SYNTHETIC = "synthetic"
 CHUNK_ROWS = 1 << 16  # rows per chunk for generated and Parquet data (CSV: pyarrow's 16 MiB blocks)
 CSV_BLOCK_BYTES = 16 << 20
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file, row and column."""
 
 
 @dataclass(frozen=True)
@@ -39,21 +38,18 @@ class Source:
     chunks: Callable[[], Iterator[Chunk]]
 
 
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-def file_format(path: Path) -> str:
-    """The format ("csv" or "parquet") named by the file extension."""
-    try:
-        return FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise ValueError(f"{path}: unknown file type; use one of {', '.join(FORMATS)}") from None
-
-
 def open_source(
-    source: str, label: str, features: list[str] | None, n_samples: int, n_features: int, seed: int
+    source: str,
+    label: str,
+    features: list[str] | None,
+    n_samples: int,
+    n_features: int,
+    seed: int,
+    positive: str | None,
 ) -> Source:
-    """A CSV or Parquet path, `synthetic`, or a bundled scikit-learn dataset."""
+    """A CSV or Parquet path, `synthetic`, or a bundled scikit-learn dataset; `positive`: the label value meaning 1."""
+    if positive is not None and source in (SYNTHETIC, *BUILTIN_SOURCES):
+        raise TableError(f"prepare.positive: {source}'s labels are 0/1 already; set it for CSV or Parquet sources")
     if source == SYNTHETIC:
         return synthetic(n_samples, n_features, seed, label)
     if source in BUILTIN_SOURCES:
@@ -61,41 +57,28 @@ def open_source(
     path = Path(source)
     if path.suffix.lower() not in FORMATS:
         known = ", ".join((*BUILTIN_SOURCES, SYNTHETIC))
-        raise DataError(f"{path}: data.source must be a .csv or .parquet file, or one of {known}")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    read = csv_source if file_format(path) == "csv" else parquet_source
-    return read(path, label, features)
+        raise TableError(f"{path}: prepare.source must be a .csv or .parquet file, or one of {known}")
+    read = csv_source if check_file(path) == "csv" else parquet_source
+    return read(path, label, features, positive)
 
 
 def _columns(where: str, header: list[str], label: str, features: list[str] | None) -> tuple[str, ...]:
     """The feature columns: as given, or every column but the label in file order; checked against the header."""
-    if len(set(header)) != len(header) or "" in header:
-        raise DataError(f"{where}: header has empty or duplicate column names: {header}")
     if label not in header:
-        raise DataError(f"{where}: label column {label!r} not in header {header}")
+        raise TableError(f"{where}: label column {label!r} not in header {header}")
     chosen = [h for h in header if h != label] if features is None else list(features)
     missing = [f for f in chosen if f not in header]
     if missing:
-        raise DataError(f"{where}: data.features {missing} not in header {header}")
+        raise TableError(f"{where}: prepare.features {missing} not in header {header}")
     if not chosen:
-        raise DataError(f"{where}: no feature columns besides the label {label!r}")
+        raise TableError(f"{where}: no feature columns besides the label {label!r}")
     if label in chosen:
-        raise DataError(f"{where}: the label {label!r} cannot also be a feature")
+        raise TableError(f"{where}: the label {label!r} cannot also be a feature")
     return tuple(chosen)
 
 
 # ---------------------------------------------------------------- CSV
-def csv_header(path: Path) -> list[str]:
-    """The column names of a CSV's first line, stripped; an empty file is an error."""
-    with path.open(newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), None)
-    if not header:
-        raise DataError(f"{path}: empty file, expected a header row")
-    return [h.strip() for h in header]
-
-
-def csv_source(path: Path, label: str, features: list[str] | None) -> Source:
+def csv_source(path: Path, label: str, features: list[str] | None, positive: str | None) -> Source:
     """A CSV with a header row, parsed by pyarrow in blocks (multi-threaded, bounded memory)."""
     header = csv_header(path)
     chosen = _columns(str(path), header, label, features)
@@ -105,31 +88,49 @@ def csv_source(path: Path, label: str, features: list[str] | None) -> Source:
         import pyarrow.csv as pacsv
 
         names = [label, *chosen]
-        convert = pacsv.ConvertOptions(column_types={n: pa.float64() for n in names}, include_columns=names)
+        types = {**{n: pa.float64() for n in chosen}, label: pa.float64() if positive is None else pa.string()}
+        convert = pacsv.ConvertOptions(column_types=types, include_columns=names)
         read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, column_names=header, skip_rows=1)
         first = 2  # line 1 is the header
         try:
             for batch in pacsv.open_csv(path, read_options=read, convert_options=convert):
-                y, X = _arrays(batch, names)
+                y, X = _arrays(batch, label, chosen, positive, str(path), first)
                 yield Chunk(X, y, first)
                 first += len(y)
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            raise DataError(first_bad_cell(path, header, names) or f"{path}: {exc}") from None
+            bad = first_bad_cell(path, header, names, positive is None)
+            raise TableError(bad or f"{path}: {exc}") from None
 
     return Source(str(path), label, chosen, chunks)
 
 
-def _arrays(batch: object, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and float32 features of a record batch; nulls become NaN (refused later, by row)."""
-    columns = [batch.column(name).to_numpy(zero_copy_only=False) for name in names]  # type: ignore[attr-defined]
-    X = np.empty((len(columns[0]), len(columns) - 1), dtype=np.float32)
-    for j, column in enumerate(columns[1:]):
+def _arrays(
+    batch: Any, label: str, features: tuple[str, ...], positive: str | None, where: str, first_row: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 labels and features of a record batch; nulls become NaN (refused or dropped later, by row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    labels = batch.column(label)
+    if positive is None:
+        y = pc.cast(labels, pa.float32()).to_numpy(zero_copy_only=False)
+    else:  # the label as text, trimmed: `positive` is 1, any other value 0, an empty cell missing
+        text = pc.utf8_trim_whitespace(pc.cast(labels, pa.string()))
+        null = pc.or_(pc.is_null(text), pc.equal(text, "")).to_numpy(zero_copy_only=False)
+        y = np.where(null, np.nan, pc.fill_null(pc.equal(text, positive), False).to_numpy(zero_copy_only=False))
+    X = np.empty((len(batch), len(features)), dtype=np.float32)
+    for j, name in enumerate(features):
+        column = batch.column(name).to_numpy(zero_copy_only=False)
+        beyond = np.abs(column) > FLOAT32_MAX  # infinities included; NaN (a missing cell) is not
+        if beyond.any():
+            i = int(np.argmax(beyond))
+            raise TableError(f"{where}, row {first_row + i}, column {name!r}: {cell_problem(column[i])}")
         X[:, j] = column
-    return columns[0].astype(np.float32), X
+    return y.astype(np.float32), X
 
 
-def first_bad_cell(path: Path, header: list[str], names: list[str]) -> str | None:
-    """Find the first cell pyarrow refused, with Python's csv, to name its row and column."""
+def first_bad_cell(path: Path, header: list[str], names: list[str], numeric_label: bool) -> str | None:
+    """Find the first cell pyarrow refused, with Python's csv, to name its row and column (names[0]: the label)."""
     wanted = [header.index(n) for n in names]
     with path.open(newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
@@ -141,16 +142,22 @@ def first_bad_cell(path: Path, header: list[str], names: list[str]) -> str | Non
                 return f"{path}, row {line_no}: expected {len(header)} columns, got {len(row)}"
             for j in wanted:
                 cell = row[j].strip()
+                if header[j] == names[0] and not numeric_label:
+                    continue  # read as text, compared with prepare.positive
                 try:
                     float(cell)
                 except ValueError:
-                    if cell:  # empty cells are nulls: refused as missing values later
-                        return f"{path}, row {line_no}, column {header[j]!r}: not a number: {cell!r}"
+                    if not cell:
+                        continue  # empty cells are nulls: missing values, refused or dropped later
+                    where = f"{path}, row {line_no}, column {header[j]!r}"
+                    if header[j] == names[0]:
+                        return f"{where}: label must be 0 or 1, got {cell!r} (or set prepare.positive to the 1 value)"
+                    return f"{where}: {cell_problem(cell)}"
     return None
 
 
 # ---------------------------------------------------------------- Parquet
-def parquet_source(path: Path, label: str, features: list[str] | None) -> Source:
+def parquet_source(path: Path, label: str, features: list[str] | None, positive: str | None) -> Source:
     """A Parquet file read one record batch at a time, only the needed columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -158,19 +165,20 @@ def parquet_source(path: Path, label: str, features: list[str] | None) -> Source
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a Parquet file: {exc}") from None
-    chosen = _columns(str(path), list(schema.names), label, features)
-    for name in (label, *chosen):
+        raise TableError(f"{path}: not a Parquet file: {exc}") from None
+    chosen = _columns(str(path), check_header(str(path), list(schema.names)), label, features)
+    for name in chosen if positive is not None else (label, *chosen):
         kind = schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-            raise DataError(f"{path}, column {name!r}: not numeric ({kind})")
+        boolean_label = name == label and pa.types.is_boolean(kind)  # True is 1
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or boolean_label):
+            raise TableError(f"{path}, column {name!r}: not numeric ({kind})")
 
     def chunks() -> Iterator[Chunk]:
         names = [label, *chosen]
         first = 1
         # pre_buffer (the default) keeps every row group read so far in memory: off, to stay bounded.
         for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=CHUNK_ROWS, columns=names):
-            y, X = _arrays(batch, names)
+            y, X = _arrays(batch, label, chosen, positive, str(path), first)
             yield Chunk(X, y, first)
             first += len(y)
 
@@ -189,7 +197,7 @@ def synthetic(n_samples: int, n_features: int, seed: int, label: str) -> Source:
     chunk size it is read in, and whatever n_samples (a longer table extends a shorter one).
     """
     if n_samples < 2 or n_features < 1:
-        raise DataError(f"synthetic: need n_samples >= 2 and n_features >= 1, got {n_samples} x {n_features}")
+        raise TableError(f"synthetic: need n_samples >= 2 and n_features >= 1, got {n_samples} x {n_features}")
     rng = np.random.default_rng([seed, 2**32 - 1])
     loc = rng.normal(0, 2, n_features).astype(np.float32)
     scale = rng.uniform(0.5, 2.0, n_features).astype(np.float32)

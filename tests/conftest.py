@@ -52,7 +52,7 @@ def prepared(source, where: Path):
     """A source through the prepare stage's own path (validated, written, mapped), every row as train."""
     from pipeline import data
 
-    data.prepare_dir(where, source, 0.0, 1, False)
+    data.prepare_dir(where, source, 0.0, 1, False, "error")
     return data.load_prepared(where)
 
 

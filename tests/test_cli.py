@@ -104,6 +104,22 @@ def test_bad_csv_fails_clearly_and_keeps_earlier_outputs(workdir):
     assert (workdir / "data/prepared/X_train.npy").read_bytes() == before
 
 
+def test_messy_table_with_positive_and_missing_drop(workdir, store_uri):
+    rows = "x1,x2,answer\n1,2,no\n2,,yes\n3,1,no\n4,3,yes\n5,3,yes\n,2,no\n6,2,yes\n"
+    (workdir / "data/raw/messy.csv").write_text(rows)
+    args = ["--set", "prepare.source=data/raw/messy.csv", "--set", "prepare.label=answer"]
+    result = CliRunner().invoke(main, ["prepare", *args])
+    assert result.exit_code == 1 and "label must be 0 or 1, got 'no' (or set prepare.positive" in result.output
+    args += ["--set", 'prepare.positive="yes"']
+    result = CliRunner().invoke(main, ["prepare", *args])
+    assert result.exit_code == 1 and "messy.csv, row 3, column 'x2': missing" in result.output
+    result = CliRunner().invoke(main, ["run", *args, "--set", "prepare.missing=drop"])
+    assert result.exit_code == 0, result.output
+    assert "dropped 2 rows with a missing feature or label" in result.output
+    client, found = runs(store_uri)
+    assert {r.data.metrics["dropped_rows"] for r in found if r.data.tags["pipeline.family"] != "baseline"} == {2.0}
+
+
 def test_bad_params_fail_by_key(workdir):
     result = CliRunner().invoke(main, ["train", "--set", "train.lr=fast"])
     assert result.exit_code == 1 and "train.lr: expected float, got str 'fast'" in result.output

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline import data
@@ -18,8 +19,8 @@ def csv(tmp_path: Path, text: str) -> Path:
 
 
 def source(name, **kw):
-    args = dict(label="y", features=None, n_samples=0, n_features=0, seed=1) | kw
-    return open_source(name, args["label"], args["features"], args["n_samples"], args["n_features"], args["seed"])
+    args = dict(label="y", features=None, n_samples=0, n_features=0, seed=1, positive=None) | kw
+    return open_source(name, *(args[k] for k in ("label", "features", "n_samples", "n_features", "seed", "positive")))
 
 
 def test_tutorial_csv(tmp_path):
@@ -48,17 +49,67 @@ def test_label_column_may_be_anywhere(tmp_path):
         ("x1,x2\n1,2\n", "y", r"t.csv: label column 'y' not in header"),
         ("", "y", r"t.csv: empty file"),
         ("y\n0\n1\n", "y", r"t.csv: no feature columns"),
+        ("x1,x2,y\n1,2,0\n2,3,yes\n", "y", r"row 3, column 'y': label must be 0 or 1, got 'yes' \(or set prepare.posi"),
+        ("x1,x2,y\n1,2,0\n2,3,\n", "y", r"t.csv, row 3, column 'y': missing label \(prepare.missing: drop"),
+        ("x1,x2,y\n1,2,0\n2,,1\n", "y", r"t.csv, row 3, column 'x2': missing, NaN or infinite value \(prepare.mis"),
+        ("x1,x2,y\n1,2,0\n2,1e39,1\n", "y", r"t.csv, row 3, column 'x2': 1e\+39 is beyond float32"),
+        ("x1,x2,y\n1,True,0\n2,3,1\n", "y", r"t.csv, row 2, column 'x2': not a number: 'True'"),
+        ("x1,x2,y\n1,2,0\n2,3,1,4\n", "y", r"t.csv, row 3: expected 3 columns, got 4"),
+        ("x1;x2;y\n1;2;0\n", "y", r"t.csv: one column 'x1;x2;y': the file looks ';'-separated"),
+        ("x1\tx2\ty\n1\t2\t0\n", "y", r"t.csv: one column 'x1\\tx2\\ty': the file looks '\\t'-separated"),
+        ("x1,x1,y\n1,2,0\n", "y", r"t.csv: header has empty or duplicate column names"),
+        ("\ufeffx1,x2,y\n1,2,0\n2,3,x\n", "y", r"t.csv, row 3, column 'y': label must be 0 or 1"),  # BOM dropped
     ],
 )
 def test_bad_csv_names_file_row_and_column(tmp_path, text, label, message):
-    with pytest.raises(data.DataError, match=message):
+    with pytest.raises(data.TableError, match=message):
         prepared(source(str(csv(tmp_path, text)), label=label), tmp_path / "p")
     assert not (tmp_path / "p").exists() and [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # no leftovers
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(data.DataError, match="absent.csv: file not found"):
+    with pytest.raises(data.TableError, match="absent.csv: file not found"):
         source(str(tmp_path / "absent.csv"))
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(data.TableError, match="folder.csv: is a directory, not a csv file"):
+        source(str(tmp_path / "folder.csv"))
+    (tmp_path / "latin1.csv").write_bytes(b"x1,x2,y\n1,2,0\n" + "caf\xe9,3,1\n".encode("latin-1"))
+    with pytest.raises(data.TableError, match=r"latin1.csv: not UTF-8 text \(byte 0xe9 at offset 17\)"):
+        prepared(source(str(tmp_path / "latin1.csv")), tmp_path / "p")
+    (tmp_path / "utf16.csv").write_bytes("x1,x2,y\n".encode("utf-16"))
+    with pytest.raises(data.TableError, match=r"utf16.csv: not UTF-8 text \(byte 0xff at offset 0\); save it as UTF-8"):
+        source(str(tmp_path / "utf16.csv"))
+    (tmp_path / "fake.parquet").write_text("x1,x2,y\n")
+    with pytest.raises(data.TableError, match="fake.parquet: not a Parquet file"):
+        source(str(tmp_path / "fake.parquet"))
+    with pytest.raises(data.TableError, match="t.txt: prepare.source must be a .csv or .parquet file"):
+        source(str(tmp_path / "t.txt"))
+
+
+def test_positive_names_the_label_that_means_one(tmp_path):
+    text = "x1,x2,species\n1,2,setosa\n2,3, virginica\n3,4,setosa\n"
+    table = prepared(source(str(csv(tmp_path, text)), label="species", positive="virginica"), tmp_path / "p")
+    assert table.y_train.tolist() == [0, 1, 0]
+    frame = pd.DataFrame({"x1": [1.0, 2.0], "ok": [True, False], "answer": ["no", "yes"]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    answers = source(str(tmp_path / "t.parquet"), label="answer", features=["x1"], positive="yes")
+    from_parquet = prepared(answers, tmp_path / "q")
+    assert from_parquet.y_train.tolist() == [0, 1]
+    booleans = prepared(source(str(tmp_path / "t.parquet"), label="ok", features=["x1"]), tmp_path / "r")
+    assert booleans.y_train.tolist() == [1, 0]  # a boolean label: True is 1
+    with pytest.raises(data.TableError, match="prepare.positive: synthetic's labels are 0/1 already"):
+        source("synthetic", n_samples=10, n_features=2, positive="1")
+
+
+def test_missing_drop_drops_and_counts_rows(tmp_path):
+    text = "x1,x2,y\n1,2,0\n,3,1\n3,4,\n4,nan,1\n5,6,1\n6,7,0\n"
+    meta = data.prepare_dir(tmp_path / "p", source(str(csv(tmp_path, text))), 0.0, 1, False, "drop")
+    table = data.load_prepared(tmp_path / "p")
+    assert meta["dropped_rows"] == 3 and table.X_train.tolist() == [[1, 2], [5, 6], [6, 7]]
+    assert table.y_train.tolist() == [0, 1, 0]
+    infinite = csv(tmp_path, "x1,x2,y\n1,2,0\n2,inf,1\n3,,1\n")  # an infinity is a value, not a gap
+    with pytest.raises(data.TableError, match=r"row 3, column 'x2': missing, NaN or infinite value$"):
+        data.prepare_dir(tmp_path / "q", source(str(infinite)), 0.0, 1, False, "drop")
 
 
 def test_breast_cancer_is_bundled(tmp_path):
@@ -78,12 +129,12 @@ def test_split_is_stratified_seeded_and_disjoint():
 
 def test_split_that_empties_a_class_is_an_error():
     y = np.array([0, 0, 0, 1, 1, 1], dtype=np.float32)
-    with pytest.raises(data.DataError, match="prepare.test_size=0.1 leaves class 0"):
+    with pytest.raises(data.TableError, match="prepare.test_size=0.1 leaves class 0"):
         data.stratified_split(y, 0.1, seed=1)
 
 
 def test_test_size_zero_evaluates_on_train(tmp_path):
-    meta = data.prepare_dir(tmp_path / "prep", source(str(REPO / "data/raw/tutorial.csv")), 0.0, 1, False)
+    meta = data.prepare_dir(tmp_path / "prep", source(str(REPO / "data/raw/tutorial.csv")), 0.0, 1, False, "error")
     p = data.load_prepared(tmp_path / "prep")
     assert meta["evaluated_on"] == p.evaluated_on == "train" and p.mean is None
     assert np.array_equal(p.X_test, p.X_train) and p.X_train.tolist() == [
@@ -98,7 +149,7 @@ def test_test_size_zero_evaluates_on_train(tmp_path):
 
 
 def test_standardizer_is_fitted_on_train_only(tmp_path):
-    data.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True)
+    data.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True, "error")
     p = data.load_prepared(tmp_path / "prep")
     full = prepared(source("breast_cancer"), tmp_path / "full")
     np.testing.assert_allclose(p.mean, p.X_train.mean(axis=0, dtype=np.float64), rtol=1e-12)
@@ -112,8 +163,8 @@ def test_prepared_arrays_map_without_a_copy_and_hash_deterministically(tmp_path)
 
     import torch
 
-    first = data.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True)
-    again = data.prepare_dir(tmp_path / "again", source("breast_cancer"), 0.2, 1, True)
+    first = data.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True, "error")
+    again = data.prepare_dir(tmp_path / "again", source("breast_cancer"), 0.2, 1, True, "error")
     assert first["sha256"] == again["sha256"] and len(first["sha256"]) == 64
     p = data.load_prepared(tmp_path / "prep")
     assert isinstance(p.X_train, np.memmap) and p.X_train.flags.writeable
@@ -125,7 +176,7 @@ def test_prepared_arrays_map_without_a_copy_and_hash_deterministically(tmp_path)
 
 def test_failed_write_leaves_earlier_output_intact(tmp_path, monkeypatch):
     tutorial = source(str(REPO / "data/raw/tutorial.csv"))
-    data.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False)
+    data.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False, "error")
     before = {f.name: f.read_bytes() for f in (tmp_path / "prep").iterdir()}
 
     def broken_save(*args, **kwargs):
@@ -133,7 +184,7 @@ def test_failed_write_leaves_earlier_output_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        data.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False)
+        data.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False, "error")
     assert {f.name: f.read_bytes() for f in (tmp_path / "prep").iterdir()} == before
     assert [f.name for f in tmp_path.iterdir()] == ["prep"]  # no temp leftovers
 
@@ -160,17 +211,17 @@ def test_csv_and_parquet_stream_in_chunks_with_row_numbers(tmp_path, monkeypatch
     frame.loc[2500, "a"] = np.nan
     frame.to_csv(tmp_path / "t.csv", index=False)
     frame.to_parquet(tmp_path / "t.parquet")
-    with pytest.raises(data.DataError, match=r"t.csv, row 2502, column 'a': missing"):
+    with pytest.raises(data.TableError, match=r"t.csv, row 2502, column 'a': missing"):
         prepared(source(str(tmp_path / "t.csv")), tmp_path / "bad")
-    with pytest.raises(data.DataError, match=r"t.parquet, row 2501, column 'a': missing"):
+    with pytest.raises(data.TableError, match=r"t.parquet, row 2501, column 'a': missing"):
         prepared(source(str(tmp_path / "t.parquet")), tmp_path / "bad")
     frame["a"] = frame["a"].astype(object)
     frame.loc[2500, "a"] = 0.5  # the first bad cell in file order is the one reported
     frame.loc[2700, "a"] = "oops"
     frame.to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(data.DataError, match=r"t.csv, row 2702, column 'a': not a number: 'oops'"):
+    with pytest.raises(data.TableError, match=r"t.csv, row 2702, column 'a': not a number: 'oops'"):
         prepared(source(str(tmp_path / "t.csv")), tmp_path / "bad")
-    with pytest.raises(data.DataError, match=r"data.features \['c'\] not in header"):
+    with pytest.raises(data.TableError, match=r"prepare.features \['c'\] not in header"):
         source(str(tmp_path / "t.csv"), features=["c"])
 
 

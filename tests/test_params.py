@@ -36,6 +36,9 @@ def test_defaults_are_the_tutorial():
         (lambda t: t["prepare"].update(test_size=1.5), "prepare.test_size: must be in [0, 1)"),
         (lambda t: t["train"].update(device="tpu"), "train.device: must be one of"),
         (lambda t: t["register"].update(metric="mse"), "register.metric: must be one of"),
+        (lambda t: t["prepare"].update(missing="skip"), "prepare.missing: must be one of error, drop, got 'skip'"),
+        (lambda t: t["prepare"].update(positive=True), 'prepare.positive: expected text, got the boolean True: quote'),
+        (lambda t: t["prepare"].update(positive=2), "prepare.positive: expected str or null, got int 2"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, mutate, message):
@@ -60,6 +63,10 @@ def test_overrides_are_typed():
 def test_missing_file(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "absent.yaml")
+    (tmp_path / "broken.yaml").write_text("train:\n  lr: [1.0\n")
+    with pytest.raises(ParamsError, match="broken.yaml: not valid YAML"):
+        load_params(tmp_path / "broken.yaml")
+    assert load_params(REPO / "params.yaml", ['prepare.positive="yes"']).prepare.positive == "yes"
 
 
 def test_section_flattens_for_mlflow():

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.model import load_checkpoint, predict_proba
-from pipeline.serving import InputError, feature_matrix
+from pipeline.tables import TableError, feature_matrix
 
 from .conftest import REPO, run_env, sh
 
@@ -438,7 +438,7 @@ def test_feature_matrix_accepts_numbers_and_names_bad_cells():
         (pd.DataFrame({"x1": [10**400], "x2": [0]}), "row 10, column 'x1': an integer of 401 digits is beyond"),
     ]
     for frame, message in cases:
-        with pytest.raises(InputError, match=rf"^{message[:12]}") as info:
+        with pytest.raises(TableError, match=rf"^{message[:12]}") as info:
             feature_matrix(frame, features, first_row=10)
         assert message in str(info.value)
 

@@ -45,7 +45,7 @@ def table_of(source, where: Path) -> SimpleNamespace:
 
 
 def tutorial_table(where: Path) -> SimpleNamespace:
-    return table_of(open_source(str(REPO / "data/raw/tutorial.csv"), "y", None, 0, 0, 1), where)
+    return table_of(open_source(str(REPO / "data/raw/tutorial.csv"), "y", None, 0, 0, 1, None), where)
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +251,8 @@ def test_optimizers_learn_and_repeat_exactly(overrides):
 def test_lbfgs_on_raw_features_is_preconditioned_and_still_matches_sklearn(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
-    table = table_of(open_source("synthetic", "y", None, 5000, 8, seed=3), tmp_path / "p")  # offsets, scales apart
+    offsets = open_source("synthetic", "y", None, 5000, 8, seed=3, positive=None)  # offsets and scales apart
+    table = table_of(offsets, tmp_path / "p")
     result = quiet_train(table.X, table.y, ["train.optimizer=lbfgs", "train.C=1", "train.epochs=200"])
     fitted = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(table.X.astype(np.float64), table.y)
     assert np.abs(result.model.linear.weight.detach().numpy().ravel() - fitted.coef_.ravel()).max() < 1e-3

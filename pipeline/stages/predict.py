@@ -23,7 +23,7 @@ def execute(
 ) -> None:
     """Load the model through MLflow (as the server does) and score the file, `batch_rows` rows at a time."""
     from pipeline import batch
-    from pipeline.sources import file_format
+    from pipeline.tables import file_format
 
     source = batch.open_input(input_path)  # fail on a bad input before loading anything
     file_format(output_path)

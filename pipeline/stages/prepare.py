@@ -15,8 +15,11 @@ def execute(ctx: Context, out: Path) -> dict:
     from pipeline.sources import open_source
 
     p = ctx.params.prepare
-    source = open_source(p.source, p.label, p.features, p.synthetic.n_samples, p.synthetic.n_features, p.seed)
-    meta = data.prepare_dir(out, source, p.test_size, p.seed, p.standardize)
+    n, d = p.synthetic.n_samples, p.synthetic.n_features
+    source = open_source(p.source, p.label, p.features, n, d, p.seed, p.positive)
+    meta = data.prepare_dir(out, source, p.test_size, p.seed, p.standardize, p.missing)
+    if meta["dropped_rows"]:
+        click.echo(f"dropped {meta['dropped_rows']} rows with a missing feature or label (prepare.missing: drop)")
     click.echo(
         f"prepared {meta['n_train']} train / {meta['n_test']} {meta['evaluated_on']} rows, "
         f"{len(meta['features'])} features from {source.origin} -> {out} (sha256 {meta['sha256'][:12]})"

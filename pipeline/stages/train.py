@@ -135,6 +135,7 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, history_path: Path, 
             for run_id in (parent.run_id, run.run_id):
                 store.log_params(client, run_id, p.knobs())
                 store.log_datasets(client, run_id, list(dict.fromkeys(splits(meta))))
+                store.log_metrics(client, run_id, {"dropped_rows": meta.get("dropped_rows", 0)})  # prepare.missing
             fitted = fitting.result(lambda chunk: log_chunk(client, run.run_id, chunk))
             for run_id in (parent.run_id, run.run_id):  # the device `auto` resolved to
                 store.set_tags(client, run_id, {"pipeline.device": fitted.device})

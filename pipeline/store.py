@@ -12,7 +12,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # mlflow costs ~1.4 s to import: only the functions that talk
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+LOCK_SUFFIX = ".lock"  # the registry lock on a tracking server: a registered model named <model>.lock
+LOCK_WAIT_S, LOCK_STALE_S = 600, 900  # how long to wait for it; when a holder is presumed dead
 REACH_TIMEOUT_S = 5  # how long a tracking server may take to answer the first request
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAM_VALUE = 6000  # MLflow's param value limit
@@ -146,10 +148,17 @@ def context_tags(source_name: str) -> dict[str, str]:
 
 def experiment_id(mlflow_client: MlflowClient, name: str, uri: str) -> str:
     """Get or create the experiment (artifacts beside a sqlite store), with its description."""
+    from mlflow.exceptions import MlflowException
+
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
         tags = {"mlflow.note.content": EXPERIMENT_DESCRIPTION}
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location(uri), tags=tags)
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=artifact_location(uri), tags=tags)
+        except MlflowException as exc:  # another pipeline created it first
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = mlflow_client.get_experiment_by_name(name)
     if "mlflow.note.content" not in experiment.tags:
         mlflow_client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
     return experiment.experiment_id
@@ -489,16 +498,65 @@ def set_version_tags(mlflow_client: MlflowClient, name: str, version: str, tags:
 
 
 @contextmanager
-def registry_lock(uri: str) -> Iterator[None]:
+def registry_lock(mlflow_client: MlflowClient, uri: str, name: str) -> Iterator[None]:
     """Serialise find-or-register a checkpoint and read-the-champion, decide, move-the-alias across processes.
 
     Two registrations that each look for the checkpoint first both make a version; two that each read
     the champion first can both move it, the worse last. A file lock beside a sqlite database makes
-    each one step. A tracking server has no such lock: there the race remains (a window of a second
-    or so between reading and writing).
+    each one step; on any other store (a tracking server) the lock is a registered model
+    `<name>.lock` whose creation the database makes atomic (a second creation is refused), deleted
+    when the step is done; one whose owner died (same host, gone process) or that is older than
+    LOCK_STALE_S is broken.
     """
-    with _sqlite_lock(uri, "registry"):
+    if uri.startswith("sqlite:///"):
+        with _sqlite_lock(uri, "registry"):
+            yield
+        return
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}{LOCK_SUFFIX}"
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            with deferred():
+                mlflow_client.create_registered_model(lock, tags={**owner_tags(), "since": str(time.time())})
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        holder = _lock_holder(mlflow_client, lock)
+        if holder is not None and _stale(holder.tags):  # its owner will not release it: take it over
+            again = _lock_holder(mlflow_client, lock)
+            if again is not None and again.tags.get("since") == holder.tags.get("since"):
+                with suppress(MlflowException):
+                    mlflow_client.delete_registered_model(lock)
+            continue
+        if time.monotonic() > deadline:
+            owner = holder.tags if holder is not None else "?"
+            raise ValueError(f"registered model {lock!r} has been held for over {LOCK_WAIT_S} s (by {owner})")
+        time.sleep(0.1 + secrets.randbelow(100) / 1000)
+    try:
         yield
+    finally:
+        with deferred():
+            mlflow_client.delete_registered_model(lock)
+
+
+def _lock_holder(mlflow_client: MlflowClient, lock: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_registered_model(lock)
+    except MlflowException:
+        return None  # released meanwhile
+
+
+def _stale(tags: Mapping[str, str]) -> bool:
+    """A lock whose owner on this host is gone, or that is older than LOCK_STALE_S."""
+    pid, since = tags.get(PID_TAG, ""), float(tags.get("since") or 0)
+    if tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() and not files.process_alive(int(pid)):
+        return True
+    return time.time() - since > LOCK_STALE_S
 
 
 def user() -> str:

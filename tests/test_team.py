@@ -16,7 +16,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from tests.conftest import run_env, sh
+from tests.conftest import REPO, run_env, sh
 from tests.test_serving import free_port, invoke_json
 
 pytestmark = pytest.mark.slow
@@ -125,3 +125,29 @@ def test_dvc_remote_round_trip_reproduces_the_champions_evaluation(team_server, 
     champion = MlflowClient(url).get_model_version_by_alias("BinaryClassifier", "champion")
     logged = MlflowClient(url).get_run(champion.run_id).data.metrics
     assert {k: logged[f"eval_{k}"] for k in again["model"]} == again["model"]
+
+
+def test_concurrent_registrations_through_the_server(team_server, tmp_path):
+    """Four pipelines at once against the server: nothing lost, one checkpoint one version, the lock released."""
+    url, _ = team_server
+    procs = []
+    for k in range(4):
+        work = tmp_path / f"work{k}"
+        shutil.copytree(REPO / "data/raw", work / "data/raw")
+        for name in ("params.yaml", "dvc.yaml"):
+            shutil.copy(REPO / name, work / name)
+        args = [sys.executable, "-m", "pipeline", "run", "--set", "register.model_name=Raced"]
+        env = run_env(MLFLOW_TRACKING_URI=url)
+        proc = subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append((work, proc))
+    for _, proc in procs:
+        out = proc.communicate(timeout=600)[0].decode()
+        assert proc.returncode == 0, out
+    client = MlflowClient(url)
+    (version,) = client.search_model_versions("name = 'Raced'")
+    registered = [json.loads((work / "models/registered.json").read_text()) for work, _ in procs]
+    assert sum(r["new_version"] for r in registered) == 1
+    assert {r["version"] for r in registered} == {int(version.version)}
+    moves = [t for t in client.get_registered_model("Raced").tags if t.startswith("alias_log.")]
+    assert len(moves) == 2  # @challenger and @champion, once each
+    assert not client.search_registered_models("name = 'Raced.lock'")  # released

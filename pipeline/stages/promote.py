@@ -16,7 +16,8 @@ def execute(ctx: Context, version: str, reason: str) -> None:
     client = store.client(ctx.uri)
     target = store.model_version(client, name, version)
     evidence = {"manual": True, "run_id": target.run_id}
-    before = store.move_alias(client, name, store.CHAMPION, str(target.version), reason, evidence)
+    with store.registry_lock(client, ctx.uri, name):  # not between a registration's decision and its move
+        before = store.move_alias(client, name, store.CHAMPION, str(target.version), reason, evidence)
     if before == str(target.version):
         click.echo(f"{name} v{target.version} is already @{store.CHAMPION}; nothing moved")
         return

@@ -29,7 +29,7 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
     parent, run = training_runs(client, files.read_json(run_info_path), run_info_path, ctx.uri)
     _, eval_split = splits(meta)
     sha = store.fingerprint(checkpoint, store.SERVING_CONFIG)
-    with store.running(client, run, parent), store.registry_lock(ctx.uri):  # one step each, see registry_lock
+    with store.running(client, run, parent), store.registry_lock(client, ctx.uri, p.model_name):  # one step
         version = store.find_version(client, p.model_name, sha)
         new = version is None
         if new:

@@ -236,3 +236,5 @@ def server(folder: str, host: str, port: int) -> None:
         stage.execute(Path(folder), host, port)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    except Interrupted as stop:  # Ctrl-C or SIGTERM is how a foreground server ends: both were stopped
+        click.echo(f"{stop}: MLflow and PostgreSQL stopped")

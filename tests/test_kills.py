@@ -84,6 +84,7 @@ def test_interrupt_at_each_stage(project, tmp_path, signum):
         message = log.read_text()
         assert code == 128 + signum, message
         assert took < 2.0, f"{name} took {took:.2f} s to exit"
+        print(f"{signal.Signals(signum).name} mid-{name}: exited in {took:.2f} s")
         assert f"interrupted by {signal.Signals(signum).name}" in message and "Traceback" not in message
         assert not leftovers(project), name
         assert "RUNNING" not in statuses(client), name

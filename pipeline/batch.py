@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import files
-from pipeline.tables import TableError, check_file, csv_header, feature_matrix, file_format
+from pipeline.tables import TableError, check_file, csv_header, feature_matrix, file_format, read_blocks
 
 OUTPUTS = ("probability", "label")
 
@@ -49,23 +49,11 @@ def open_input(path: Path) -> InputFile:
     return InputFile(path, fmt, tuple(meta.schema.names), meta.num_rows)
 
 
-def read_chunks(source: InputFile, columns: list[str], rows: int) -> Iterator[Rows]:
-    """The needed columns, `rows` at a time."""
-    if source.format == "csv":
-        with source.path.open("rb") as fh:
-            first = 2  # line 1 is the header
-            for frame in pd.read_csv(fh, usecols=columns, chunksize=rows, skipinitialspace=True):
-                yield Rows(frame, first, fh.tell())
-                first += len(frame)
-        return
-    import pyarrow.parquet as pq
-
-    first = 1
-    # pre_buffer (the default) keeps every row group read so far in memory: off, to stay bounded.
-    for batch in pq.ParquetFile(source.path, pre_buffer=False).iter_batches(batch_size=rows, columns=columns):
-        frame = batch.to_pandas()
-        yield Rows(frame, first, first - 1 + len(frame))
-        first += len(frame)
+def read_chunks(source: InputFile, columns: list[str], features: tuple[str, ...], rows: int) -> Iterator[Rows]:
+    """The needed columns, `rows` at a time, through the reader prepare uses (features parsed as numbers)."""
+    numbers = [c for c in columns if c in features]
+    for block in read_blocks(source.path, list(source.columns), columns, numbers, rows, {}):
+        yield Rows(block.batch.to_pandas(), block.first_row, block.done)
 
 
 def score_file(
@@ -85,7 +73,7 @@ def score_file(
     writer = _csv_writer if file_format(out) == "csv" else _parquet_writer
     n = 0
     with files.replacing(out) as tmp, writer(tmp) as write:
-        for chunk in read_chunks(source, needed, rows):
+        for chunk in read_chunks(source, needed, features, rows):
             try:
                 X = feature_matrix(chunk.frame, features, chunk.first_row)
             except TableError as exc:

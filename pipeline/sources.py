@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,12 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.tables import FLOAT32_MAX, FORMATS, TableError, cell_problem, check_file, check_header, csv_header
+from pipeline.tables import (
+    FLOAT32_MAX,
+    FORMATS,
+    TableError,
+    cell_problem,
+    check_file,
+    check_header,
+    csv_header,
+    file_format,
+    read_blocks,
+)
 
 BUILTIN_SOURCES = ("breast_cancer",)
 SYNTHETIC = "synthetic"
 CHUNK_ROWS = 1 << 16  # rows per chunk for generated and Parquet data (CSV: pyarrow's 16 MiB blocks)
-CSV_BLOCK_BYTES = 16 << 20
+LABEL_HINT = "; labels must be 0 or 1 (or set prepare.positive to the value that means 1)"
 
 
 @dataclass(frozen=True)
@@ -81,25 +90,19 @@ def _columns(where: str, header: list[str], label: str, features: list[str] | No
 def csv_source(path: Path, label: str, features: list[str] | None, positive: str | None) -> Source:
     """A CSV with a header row, parsed by pyarrow in blocks (multi-threaded, bounded memory)."""
     header = csv_header(path)
-    chosen = _columns(str(path), header, label, features)
+    return _file_source(path, header, _columns(str(path), header, label, features), label, positive)
+
+
+def _file_source(path: Path, header: list[str], chosen: tuple[str, ...], label: str, positive: str | None) -> Source:
+    """Rows of a CSV or Parquet file through the one reader (pipeline.tables), as float32 chunks."""
+    numbers = [*chosen] if positive is not None else [label, *chosen]  # with `positive`, the label is text
+    hints = {} if positive is not None else {label: LABEL_HINT}
+    rows = CHUNK_ROWS if file_format(path) == "parquet" else None  # a CSV: as parsed, 16 MiB at a time
 
     def chunks() -> Iterator[Chunk]:
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-
-        names = [label, *chosen]
-        types = {**{n: pa.float64() for n in chosen}, label: pa.float64() if positive is None else pa.string()}
-        convert = pacsv.ConvertOptions(column_types=types, include_columns=names)
-        read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, column_names=header, skip_rows=1)
-        first = 2  # line 1 is the header
-        try:
-            for batch in pacsv.open_csv(path, read_options=read, convert_options=convert):
-                y, X = _arrays(batch, label, chosen, positive, str(path), first)
-                yield Chunk(X, y, first)
-                first += len(y)
-        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            bad = first_bad_cell(path, header, names, positive is None)
-            raise TableError(bad or f"{path}: {exc}") from None
+        for block in read_blocks(path, header, [label, *chosen], numbers, rows, hints):
+            y, X = _arrays(block.batch, label, chosen, positive, str(path), block.first_row)
+            yield Chunk(X, y, block.first_row)
 
     return Source(str(path), label, chosen, chunks)
 
@@ -129,33 +132,6 @@ def _arrays(
     return y.astype(np.float32), X
 
 
-def first_bad_cell(path: Path, header: list[str], names: list[str], numeric_label: bool) -> str | None:
-    """Find the first cell pyarrow refused, with Python's csv, to name its row and column (names[0]: the label)."""
-    wanted = [header.index(n) for n in names]
-    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.reader(fh)
-        next(reader, None)
-        for line_no, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                return f"{path}, row {line_no}: expected {len(header)} columns, got {len(row)}"
-            for j in wanted:
-                cell = row[j].strip()
-                if header[j] == names[0] and not numeric_label:
-                    continue  # read as text, compared with prepare.positive
-                try:
-                    float(cell)
-                except ValueError:
-                    if not cell:
-                        continue  # empty cells are nulls: missing values, refused or dropped later
-                    where = f"{path}, row {line_no}, column {header[j]!r}"
-                    if header[j] == names[0]:
-                        return f"{where}: label must be 0 or 1, got {cell!r} (or set prepare.positive to the 1 value)"
-                    return f"{where}: {cell_problem(cell)}"
-    return None
-
-
 # ---------------------------------------------------------------- Parquet
 def parquet_source(path: Path, label: str, features: list[str] | None, positive: str | None) -> Source:
     """A Parquet file read one record batch at a time, only the needed columns."""
@@ -166,23 +142,14 @@ def parquet_source(path: Path, label: str, features: list[str] | None, positive:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise TableError(f"{path}: not a Parquet file: {exc}") from None
-    chosen = _columns(str(path), check_header(str(path), list(schema.names)), label, features)
+    header = check_header(str(path), list(schema.names))
+    chosen = _columns(str(path), header, label, features)
     for name in chosen if positive is not None else (label, *chosen):
         kind = schema.field(name).type
         boolean_label = name == label and pa.types.is_boolean(kind)  # True is 1
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or boolean_label):
             raise TableError(f"{path}, column {name!r}: not numeric ({kind})")
-
-    def chunks() -> Iterator[Chunk]:
-        names = [label, *chosen]
-        first = 1
-        # pre_buffer (the default) keeps every row group read so far in memory: off, to stay bounded.
-        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=CHUNK_ROWS, columns=names):
-            y, X = _arrays(batch, label, chosen, positive, str(path), first)
-            yield Chunk(X, y, first)
-            first += len(y)
-
-    return Source(str(path), label, chosen, chunks)
+    return _file_source(path, header, chosen, label, positive)
 
 
 # ---------------------------------------------------------------- generated and bundled

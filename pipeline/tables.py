@@ -1,4 +1,4 @@
-"""One validator for every table the pipeline reads: files for prepare and batch scoring, request bodies.
+"""One reader and one validator for every table the pipeline reads: files for prepare and batch scoring, bodies.
 
 A bad cell gets the same words wherever it is found: `<file or request>, row R, column 'C': <problem>`.
 """
@@ -6,6 +6,8 @@ A bad cell gets the same words wherever it is found: `<file or request>, row R, 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:  # pandas costs ~0.4 s to import: prepare never needs it
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+CSV_BLOCK_BYTES = 16 << 20  # pyarrow parses a CSV this many bytes at a time, on every core
 DELIMITERS = (";", "\t", "|")  # what a one-column header holding one of these was probably separated by
 
 
@@ -65,6 +68,78 @@ def check_header(where: str, header: list[str]) -> list[str]:
     return header
 
 
+
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive rows of a file (a pyarrow RecordBatch) and how far the reading is (bytes or rows).
+
+    first_row numbers the first as a reader of the file counts: a CSV's line (the header is line 1), a
+    Parquet row from 1.
+    """
+
+    batch: Any
+    first_row: int
+    done: int
+
+
+def read_blocks(
+    path: Path, header: list[str], columns: list[str], numbers: list[str], rows: int | None, hints: dict[str, str]
+) -> Iterator[Block]:
+    """`columns` of a CSV or Parquet file, at most `rows` rows a block (None: as parsed), bounded memory.
+
+    In a CSV the `numbers` columns are parsed as float64 (an empty cell is null) and the others as
+    pyarrow infers them; a cell that is not a number stops the reading with a TableError naming its
+    row and column (plus `hints[column]`). Parquet columns come as stored.
+    """
+    import pyarrow as pa
+
+    if file_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        first = 1
+        # pre_buffer (the default) keeps every row group read so far in memory: off, to stay bounded.
+        parquet = pq.ParquetFile(path, pre_buffer=False)
+        for batch in parquet.iter_batches(batch_size=rows or 1 << 16, columns=columns):
+            yield Block(batch, first, first - 1 + len(batch))
+            first += len(batch)
+        return
+    import pyarrow.csv as pacsv
+
+    convert = pacsv.ConvertOptions(column_types={n: pa.float64() for n in numbers}, include_columns=columns)
+    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, column_names=header, skip_rows=1)
+    first = 2
+    try:
+        with pa.OSFile(str(path)) as stream:  # pyarrow's own file: tell() is how far it has read
+            for batch in pacsv.open_csv(stream, read_options=read, convert_options=convert):
+                for start in range(0, len(batch), rows or len(batch) or 1):
+                    part = batch.slice(start, rows) if rows else batch
+                    yield Block(part, first, stream.tell())
+                    first += len(part)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise TableError(first_bad_csv_cell(path, header, numbers, hints) or f"{path}: {exc}") from None
+
+
+def first_bad_csv_cell(path: Path, header: list[str], numbers: list[str], hints: dict[str, str]) -> str | None:
+    """The first ragged row or non-number of a CSV (found again with Python's csv once pyarrow refused it)."""
+    wanted = [header.index(n) for n in numbers]
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                return f"{path}, row {line_no}: expected {len(header)} columns, got {len(row)}"
+            for j in wanted:
+                cell = row[j].strip()
+                try:
+                    float(cell)
+                except ValueError:
+                    if cell:  # an empty cell is a null: a missing value, refused (or dropped) by the caller
+                        where = f"{path}, row {line_no}, column {header[j]!r}"
+                        return f"{where}: {cell_problem(cell)}{hints.get(header[j], '')}"
+    return None
 
 
 def cell_problem(value: Any) -> str | None:

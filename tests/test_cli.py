@@ -109,7 +109,7 @@ def test_messy_table_with_positive_and_missing_drop(workdir, store_uri):
     (workdir / "data/raw/messy.csv").write_text(rows)
     args = ["--set", "prepare.source=data/raw/messy.csv", "--set", "prepare.label=answer"]
     result = CliRunner().invoke(main, ["prepare", *args])
-    assert result.exit_code == 1 and "label must be 0 or 1, got 'no' (or set prepare.positive" in result.output
+    assert result.exit_code == 1 and "'no'; labels must be 0 or 1 (or set prepare.positive" in result.output
     args += ["--set", 'prepare.positive="yes"']
     result = CliRunner().invoke(main, ["prepare", *args])
     assert result.exit_code == 1 and "messy.csv, row 3, column 'x2': missing" in result.output

@@ -49,7 +49,7 @@ def test_label_column_may_be_anywhere(tmp_path):
         ("x1,x2\n1,2\n", "y", r"t.csv: label column 'y' not in header"),
         ("", "y", r"t.csv: empty file"),
         ("y\n0\n1\n", "y", r"t.csv: no feature columns"),
-        ("x1,x2,y\n1,2,0\n2,3,yes\n", "y", r"row 3, column 'y': label must be 0 or 1, got 'yes' \(or set prepare.posi"),
+        ("x1,x2,y\n1,2,0\n2,3,yes\n", "y", r"row 3, column 'y': not a number: 'yes'; labels must be 0 or 1"),
         ("x1,x2,y\n1,2,0\n2,3,\n", "y", r"t.csv, row 3, column 'y': missing label \(prepare.missing: drop"),
         ("x1,x2,y\n1,2,0\n2,,1\n", "y", r"t.csv, row 3, column 'x2': missing, NaN or infinite value \(prepare.mis"),
         ("x1,x2,y\n1,2,0\n2,1e39,1\n", "y", r"t.csv, row 3, column 'x2': 1e\+39 is beyond float32"),
@@ -58,7 +58,7 @@ def test_label_column_may_be_anywhere(tmp_path):
         ("x1;x2;y\n1;2;0\n", "y", r"t.csv: one column 'x1;x2;y': the file looks ';'-separated"),
         ("x1\tx2\ty\n1\t2\t0\n", "y", r"t.csv: one column 'x1\\tx2\\ty': the file looks '\\t'-separated"),
         ("x1,x1,y\n1,2,0\n", "y", r"t.csv: header has empty or duplicate column names"),
-        ("\ufeffx1,x2,y\n1,2,0\n2,3,x\n", "y", r"t.csv, row 3, column 'y': label must be 0 or 1"),  # BOM dropped
+        ("\ufeffx1,x2,y\n1,2,0\n2,3,x\n", "y", r"t.csv, row 3, column 'y': not a number: 'x'; labels must"),  # BOM
     ],
 )
 def test_bad_csv_names_file_row_and_column(tmp_path, text, label, message):
@@ -192,14 +192,14 @@ def test_failed_write_leaves_earlier_output_intact(tmp_path, monkeypatch):
 def test_csv_and_parquet_stream_in_chunks_with_row_numbers(tmp_path, monkeypatch):
     import pandas as pd
 
-    from pipeline import sources
+    from pipeline import sources, tables
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"id": np.arange(3000), "a": rng.normal(size=3000), "y": rng.integers(0, 2, 3000)})
     frame["b"] = rng.integers(-5, 5, 3000)
     frame.to_csv(tmp_path / "t.csv", index=False)
     frame.to_parquet(tmp_path / "t.parquet")
-    monkeypatch.setattr(sources, "CSV_BLOCK_BYTES", 4096)  # many blocks
+    monkeypatch.setattr(tables, "CSV_BLOCK_BYTES", 4096)  # many blocks
     monkeypatch.setattr(sources, "CHUNK_ROWS", 256)
     from_csv = prepared(source(str(tmp_path / "t.csv"), features=["b", "a"]), tmp_path / "csv")
     from_parquet = prepared(source(str(tmp_path / "t.parquet"), features=["b", "a"]), tmp_path / "parquet")

@@ -490,6 +490,10 @@ def test_batch_scoring_csv_and_parquet_in_chunks(registered, tmp_path):
         ("x1,x2\n1,2\n3,\n", "in.csv, row 3, column 'x2': missing, NaN or infinite value"),
         ("x1,x3\n1,2\n", "in.csv: missing column(s) ['x2']"),
         ("", "in.csv: empty file"),
+        ("x1,x2\n1,2\n3,True\n", "in.csv, row 3, column 'x2': not a number: 'True'"),
+        ("x1,x2\n1,2\n3,1e39\n", "in.csv, row 3, column 'x2': 1e+39 is beyond float32"),
+        ("x1,x2\n1,2\n3,4,5\n", "in.csv, row 3: expected 2 columns, got 3"),
+        ("x1;x2\n1;2\n", "in.csv: one column 'x1;x2': the file looks ';'-separated"),
     ],
 )
 def test_batch_scoring_errors_name_the_cell_and_keep_earlier_output(registered, tmp_path, content, message):
@@ -501,6 +505,25 @@ def test_batch_scoring_errors_name_the_cell_and_keep_earlier_output(registered, 
     assert message in result.output and "Traceback" not in result.output
     assert out.read_text() == "earlier output\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
+
+
+@pytest.mark.parametrize("cell", ["abc", "True", "1e39", "", "inf"])
+def test_a_bad_cell_gets_the_same_words_from_prepare_batch_scoring_and_the_server(registered, server, tmp_path, cell):
+    from pipeline import data
+    from pipeline.sources import open_source
+
+    (tmp_path / "t.csv").write_text(f"x1,x2,y\n1,2,0\n3,{cell},1\n")
+    with pytest.raises(TableError) as prepared:
+        data.prepare_dir(
+            tmp_path / "p", open_source(str(tmp_path / "t.csv"), "y", None, 0, 0, 1, None), 0, 1, False, "error"
+        )
+    result = predict_cli(registered, "--input", str(tmp_path / "t.csv"), "--output", str(tmp_path / "o.csv"))
+    said = str(prepared.value).removesuffix(" (prepare.missing: drop drops such rows)")
+    assert result.exit_code == 1 and said in result.output, (said, result.output)
+    status, text = request(
+        server[0], "POST", "/invocations", f"x1,x2\n1,2\n3,{cell}\n".encode(), {"Content-Type": "text/csv"}
+    )
+    assert status == 400 and said.split(", ", 1)[1] in text, (said, text)  # the same words after the file's name
 
 
 def test_batch_scoring_rejects_unknown_file_types(registered, tmp_path):

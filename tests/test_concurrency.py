@@ -44,3 +44,27 @@ def test_concurrent_pipelines_create_one_store_and_one_version(tmp_path):
     assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
     moves = [t for t in client.get_registered_model("BinaryClassifier").tags if t.startswith("alias_log.")]
     assert len(moves) == 2
+
+
+def test_dvc_queue_with_two_workers_on_a_new_store(project):
+    """`dvc exp run --run-all -j 2`: two experiments at once, the default store not created yet."""
+    from .test_e2e import dvc
+
+    (project / "mlflow.db").unlink()
+    for lr in ("0.5", "0.25"):
+        dvc(project, "exp", "run", "--queue", "-S", f"train.lr={lr}")
+    dvc(project, "exp", "run", "--run-all", "-j", "2")
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "binary-classifier"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["pipeline.family"] for r in runs) == sorted(["execution", "model", "baseline"] * 2)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    versions = sorted(int(v.version) for v in client.search_model_versions("name = 'BinaryClassifier'"))
+    assert versions == [1, 2]  # two checkpoints, two versions
+    # Both tie on roc_auc: the first registered is the champion, the second only @challenger.
+    assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("BinaryClassifier", "challenger").version) == "2"
+    moves = [t for t in client.get_registered_model("BinaryClassifier").tags if t.startswith("alias_log.")]
+    assert len(moves) == 3

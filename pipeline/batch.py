@@ -11,49 +11,35 @@ from typing import Any
 import pandas as pd
 
 from pipeline import files
-from pipeline.tables import TableError, check_file, csv_header, feature_matrix, file_format, read_blocks
+from pipeline.tables import (
+    Block,
+    TableError,
+    check_file,
+    csv_header,
+    feature_matrix,
+    file_format,
+    parquet_metadata,
+    read_blocks,
+)
 
 OUTPUTS = ("probability", "label")
 
 
 @dataclass(frozen=True)
-class Rows:
-    """Rows of the input, the number of the first (as a reader of the file counts), and progress."""
-
-    frame: pd.DataFrame
-    first_row: int
-    done: int  # bytes read (CSV) or rows read (Parquet), against InputFile.total
-
-
-@dataclass(frozen=True)
 class InputFile:
-    """An input file's format, columns and size for the progress bar."""
+    """An input file's columns and size for the progress bar."""
 
     path: Path
-    format: str
     columns: tuple[str, ...]
     total: int
 
 
 def open_input(path: Path) -> InputFile:
     """Read only the header or the Parquet footer: columns and size, no rows."""
-    fmt = check_file(path)
-    if fmt == "csv":
-        return InputFile(path, fmt, tuple(csv_header(path)), path.stat().st_size)
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.ParquetFile(path).metadata
-    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise TableError(f"{path}: not a Parquet file: {exc}") from None
-    return InputFile(path, fmt, tuple(meta.schema.names), meta.num_rows)
-
-
-def read_chunks(source: InputFile, columns: list[str], features: tuple[str, ...], rows: int) -> Iterator[Rows]:
-    """The needed columns, `rows` at a time, through the reader prepare uses (features parsed as numbers)."""
-    numbers = [c for c in columns if c in features]
-    for block in read_blocks(source.path, list(source.columns), columns, numbers, rows, {}):
-        yield Rows(block.batch.to_pandas(), block.first_row, block.done)
+    if check_file(path) == "csv":
+        return InputFile(path, tuple(csv_header(path)), path.stat().st_size)
+    meta = parquet_metadata(path)
+    return InputFile(path, tuple(meta.schema.names), meta.num_rows)
 
 
 def score_file(
@@ -63,7 +49,7 @@ def score_file(
     out: Path,
     rows: int,
     keep: tuple[str, ...] = (),
-    on_chunk: Callable[[Rows], None] = lambda chunk: None,
+    on_chunk: Callable[[Block], None] = lambda block: None,
 ) -> int:
     """Score every row of `source` into `out` (atomically); returns the number of rows."""
     needed = list(dict.fromkeys([*keep, *features]))
@@ -73,16 +59,18 @@ def score_file(
     writer = _csv_writer if file_format(out) == "csv" else _parquet_writer
     n = 0
     with files.replacing(out) as tmp, writer(tmp) as write:
-        for chunk in read_chunks(source, needed, features, rows):
+        # The reader prepare uses, the features parsed as numbers.
+        for block in read_blocks(source.path, list(source.columns), needed, list(features), rows, {}):
+            frame = block.batch.to_pandas()
             try:
-                X = feature_matrix(chunk.frame, features, chunk.first_row)
+                X = feature_matrix(frame, features, block.first_row)
             except TableError as exc:
                 raise TableError(f"{source.path}, {exc}") from None
             scored = predict(pd.DataFrame(X, columns=list(features)))[list(OUTPUTS)]
-            passed = chunk.frame[list(keep)].reset_index(drop=True)
+            passed = frame[list(keep)].reset_index(drop=True)
             write(pd.concat([passed, scored], axis=1))
             n += len(scored)
-            on_chunk(chunk)
+            on_chunk(block)
         if n == 0:  # still a valid file, with the columns a reader expects
             empty = {"probability": pd.Series(dtype="float64"), "label": pd.Series(dtype="int64")}
             write(pd.DataFrame({**{k: pd.Series(dtype="float64") for k in keep}, **empty}))

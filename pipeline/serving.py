@@ -27,7 +27,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 _log = logging.getLogger(__name__)
 SERVER_APP_MODULE = "mlflow.pyfunc.scoring_server.app"  # what `mlflow models serve` runs under uvicorn
-EMPTY_BATCH_PROBE_BYTES = 512  # an empty batch is a short body; longer ones are left to MLflow's parser
 
 
 class Scorer:
@@ -140,10 +139,17 @@ class RequestGuard:
         if body is None:
             return
         if content_type.startswith("application/json"):
-            if _is_empty_batch(body):
-                await _answer(send, 200, None, b'{"predictions": []}')
-                return
-            problem = json_problem(body, self.features)
+            try:
+                payload = json.loads(body)  # once, for both checks below
+            except RecursionError:
+                problem = "request body is not a table: JSON nested too deeply"
+            except ValueError as exc:  # UnicodeDecodeError included
+                problem = f"request body is not valid JSON: {exc}"
+            else:
+                if _is_empty_batch(payload):
+                    await _answer(send, 200, None, b'{"predictions": []}')
+                    return
+                problem = json_problem(payload, self.features)
         elif content_type.startswith("text/csv"):
             problem = csv_problem(body, self.features)
         else:
@@ -176,14 +182,8 @@ class RequestGuard:
                 return b"".join(chunks)
 
 
-def json_problem(body: bytes, features: tuple[str, ...]) -> str | None:
-    """What is wrong with a JSON body: not JSON, or the first feature cell cell_problem refuses (by row)."""
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        return "request body is not a table: JSON nested too deeply"
-    except ValueError as exc:  # UnicodeDecodeError included
-        return f"request body is not valid JSON: {exc}"
+def json_problem(payload: Any, features: tuple[str, ...]) -> str | None:
+    """The first feature cell of a parsed JSON payload that cell_problem refuses, by row."""
     for i, row in enumerate(_payload_rows(payload)):
         for name in features:
             if name in row:
@@ -230,14 +230,8 @@ def _payload_rows(payload: Any) -> Iterator[dict[str, Any]]:
             yield {k: v[i] for k, v in columns.items() if i < len(v)}
 
 
-def _is_empty_batch(body: bytes) -> bool:
-    """True for a short JSON payload whose rows are an empty list (dataframe_split data, or the others)."""
-    if len(body) > EMPTY_BATCH_PROBE_BYTES:
-        return False
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return False
+def _is_empty_batch(payload: Any) -> bool:
+    """True for a JSON payload whose rows are an empty list (dataframe_split data, or the others)."""
     if not isinstance(payload, dict) or len(payload) != 1:
         return False
     ((key, rows),) = payload.items()

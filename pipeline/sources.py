@@ -19,6 +19,7 @@ from pipeline.tables import (
     check_header,
     csv_header,
     file_format,
+    parquet_metadata,
     read_blocks,
 )
 
@@ -136,12 +137,8 @@ def _arrays(
 def parquet_source(path: Path, label: str, features: list[str] | None, positive: str | None) -> Source:
     """A Parquet file read one record batch at a time, only the needed columns."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TableError(f"{path}: not a Parquet file: {exc}") from None
+    schema = parquet_metadata(path).schema.to_arrow_schema()
     header = check_header(str(path), list(schema.names))
     chosen = _columns(str(path), header, label, features)
     for name in chosen if positive is not None else (label, *chosen):

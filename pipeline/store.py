@@ -195,14 +195,19 @@ def owner_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
+def _owner_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process that owner_tags() named was on this host and no longer exists."""
+    pid = tags.get(PID_TAG, "")
+    return tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() and not files.process_alive(int(pid))
+
+
 def reap_dead_runs(mlflow_client: MlflowClient, exp_id: str) -> list[str]:
     """Mark KILLED the RUNNING runs of `exp_id` whose owning process on this host is gone (after SIGKILL)."""
     host = socket.gethostname().replace("'", "")
     found = mlflow_client.search_runs(
         [exp_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'", max_results=1000
     )
-    pids = {r.info.run_id: r.data.tags.get(PID_TAG, "") for r in found}
-    dead = [run_id for run_id, pid in pids.items() if pid.isdigit() and not files.process_alive(int(pid))]
+    dead = [r.info.run_id for r in found if _owner_gone(r.data.tags)]
     for run_id in dead:
         mlflow_client.set_terminated(run_id, "KILLED")
     return dead
@@ -517,9 +522,8 @@ def registry_lock(mlflow_client: MlflowClient, uri: str, name: str) -> Iterator[
     lock = f"{name}{LOCK_SUFFIX}"
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
-        try:
-            with deferred():
-                mlflow_client.create_registered_model(lock, tags={**owner_tags(), "since": str(time.time())})
+        try:  # the client defers signals around each call (see _Deferring)
+            mlflow_client.create_registered_model(lock, tags={**owner_tags(), "since": str(time.time())})
             break
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -538,8 +542,7 @@ def registry_lock(mlflow_client: MlflowClient, uri: str, name: str) -> Iterator[
     try:
         yield
     finally:
-        with deferred():
-            mlflow_client.delete_registered_model(lock)
+        mlflow_client.delete_registered_model(lock)
 
 
 def _lock_holder(mlflow_client: MlflowClient, lock: str) -> Any:
@@ -553,10 +556,7 @@ def _lock_holder(mlflow_client: MlflowClient, lock: str) -> Any:
 
 def _stale(tags: Mapping[str, str]) -> bool:
     """A lock whose owner on this host is gone, or that is older than LOCK_STALE_S."""
-    pid, since = tags.get(PID_TAG, ""), float(tags.get("since") or 0)
-    if tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() and not files.process_alive(int(pid)):
-        return True
-    return time.time() - since > LOCK_STALE_S
+    return _owner_gone(tags) or time.time() - float(tags.get("since") or 0) > LOCK_STALE_S
 
 
 def user() -> str:

@@ -68,6 +68,14 @@ def check_header(where: str, header: list[str]) -> list[str]:
     return header
 
 
+def parquet_metadata(path: Path) -> Any:
+    """A Parquet file's footer (schema, row count), read without its rows; an error if it is not Parquet."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise TableError(f"{path}: not a Parquet file: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 
 from pipeline import files
 from pipeline.tables import (
     Block,
-    TableError,
     check_file,
     csv_header,
-    feature_matrix,
     file_format,
+    float32_rows,
     parquet_metadata,
     read_blocks,
 )
@@ -43,7 +42,7 @@ def open_input(path: Path) -> InputFile:
 
 
 def score_file(
-    predict: Callable[[pd.DataFrame], pd.DataFrame],
+    score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     features: tuple[str, ...],
     source: InputFile,
     out: Path,
@@ -51,7 +50,12 @@ def score_file(
     keep: tuple[str, ...] = (),
     on_chunk: Callable[[Block], None] = lambda block: None,
 ) -> int:
-    """Score every row of `source` into `out` (atomically); returns the number of rows."""
+    """Score every row of `source` into `out` (atomically) with score(float32 rows) -> (probability, label).
+
+    Arrow record batches all the way: pandas' frames and MLflow's per-column schema checks cost more than
+    the scoring (measured at 1M x 100: 2.0 s of frame checks against 0.3 s of scoring); the checks are the
+    shared validator's, so a bad cell gets the words prepare and the server give it. Returns the row count.
+    """
     needed = list(dict.fromkeys([*keep, *features]))
     missing = [c for c in needed if c not in source.columns]
     if missing:
@@ -61,45 +65,52 @@ def score_file(
     with files.replacing(out) as tmp, writer(tmp) as write:
         # The reader prepare uses, the features parsed as numbers.
         for block in read_blocks(source.path, list(source.columns), needed, list(features), rows, {}):
-            frame = block.batch.to_pandas()
-            try:
-                X = feature_matrix(frame, features, block.first_row)
-            except TableError as exc:
-                raise TableError(f"{source.path}, {exc}") from None
-            scored = predict(pd.DataFrame(X, columns=list(features)))[list(OUTPUTS)]
-            passed = frame[list(keep)].reset_index(drop=True)
-            write(pd.concat([passed, scored], axis=1))
-            n += len(scored)
+            X = float32_rows(block.batch, list(features), str(source.path), block.first_row, finite=True)
+            proba, label = score(X)
+            write(_outputs(block.batch.select(list(keep)), proba, label))
+            n += len(proba)
             on_chunk(block)
         if n == 0:  # still a valid file, with the columns a reader expects
-            empty = {"probability": pd.Series(dtype="float64"), "label": pd.Series(dtype="int64")}
-            write(pd.DataFrame({**{k: pd.Series(dtype="float64") for k in keep}, **empty}))
+            write(_outputs(_empty(keep), np.empty(0), np.empty(0, dtype=np.int64)))
     return n
 
 
+def _outputs(kept: Any, proba: np.ndarray, label: np.ndarray) -> Any:
+    """The kept input columns, then probability (float64) and label (int64), as an Arrow table."""
+    import pyarrow as pa
+
+    columns = {name: kept.column(name) for name in kept.schema.names}
+    return pa.table({**columns, "probability": proba.astype(np.float64), "label": label.astype(np.int64)})
+
+
+def _empty(keep: tuple[str, ...]) -> Any:
+    """No rows of the kept columns (float64, as an empty CSV gives no types)."""
+    import pyarrow as pa
+
+    return pa.table({name: pa.array([], pa.float64()) for name in keep})
+
+
 @contextlib.contextmanager
-def _csv_writer(path: Path) -> Iterator[Callable[[pd.DataFrame], None]]:
-    """Append frames to one CSV, header first."""
+def _csv_writer(path: Path) -> Iterator[Callable[[Any], None]]:
+    """Append tables to one CSV, header first; pandas writes the numbers (shortest round-trip text)."""
     with path.open("w", newline="", encoding="utf-8") as fh:
         header = [True]
 
-        def write(frame: pd.DataFrame) -> None:
-            frame.to_csv(fh, header=header[0], index=False)
+        def write(table: Any) -> None:
+            table.to_pandas().to_csv(fh, header=header[0], index=False)
             header[0] = False
 
         yield write
 
 
 @contextlib.contextmanager
-def _parquet_writer(path: Path) -> Iterator[Callable[[pd.DataFrame], None]]:
-    """Append frames to one Parquet file, a row group each."""
-    import pyarrow as pa
+def _parquet_writer(path: Path) -> Iterator[Callable[[Any], None]]:
+    """Append tables to one Parquet file, a row group each."""
     import pyarrow.parquet as pq
 
     writers: list[Any] = []
 
-    def write(frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+    def write(table: Any) -> None:
         if not writers:
             writers.append(pq.ParquetWriter(path, table.schema))
         writers[0].write_table(table)

@@ -19,7 +19,7 @@ from pipeline import files
 from pipeline.sources import CHUNK_ROWS, Chunk, Source
 from pipeline.tables import TableError
 
-__all__ = ["Prepared", "TableError", "load_prepared", "prepare_dir", "read_meta"]
+__all__ = ["Prepared", "TableError", "array_path", "load_prepared", "prepare_dir", "read_meta", "read_rows"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class NpyWriter:
 
     def write(self, X: np.ndarray) -> None:
         """Append rows (C order, float32)."""
-        self.fh.write(np.ascontiguousarray(X, dtype=np.float32).tobytes())
+        self.fh.write(memoryview(np.ascontiguousarray(X, dtype=np.float32)).cast("B"))  # no bytes copy
         self.rows += X.shape[0]
 
     def __enter__(self) -> NpyWriter:
@@ -132,30 +132,42 @@ class NpyWriter:
 
 
 class Moments:
-    """Per-column mean and standard deviation, merged block by block in float64 (Chan et al.)."""
+    """Per-column mean and standard deviation in one pass, block by block.
+
+    Sums of x - K and (x - K)^2 around a shift K (the first block's mean) in float32 blocks, accumulated in
+    float64: K keeps the squares free of cancellation whatever the columns' offsets, and numpy's float64
+    column sums run at about 2 GB/s here, where a float64 copy of each block (Chan's update) ran at 0.3.
+    """
 
     def __init__(self, n_columns: int) -> None:
-        self.n, self.mean, self.m2 = 0, np.zeros(n_columns), np.zeros(n_columns)
+        self.n, self.shift = 0, None
+        self.sums, self.squares = np.zeros(n_columns), np.zeros(n_columns)
+        self.buffer = np.empty(0, dtype=np.float32)
 
     def add(self, block: np.ndarray) -> None:
-        """Merge a block of rows."""
+        """Merge a block of float32 rows."""
         if not block.shape[0]:
             return
-        block = block.astype(np.float64)
-        k, block_mean = block.shape[0], block.mean(axis=0)
-        delta = block_mean - self.mean
-        self.m2 += ((block - block_mean) ** 2).sum(axis=0) + delta**2 * self.n * k / (self.n + k)
-        self.mean += delta * k / (self.n + k)
-        self.n += k
+        if self.shift is None:
+            self.shift = block.mean(axis=0, dtype=np.float64).astype(np.float32)
+        if self.buffer.size < block.size:  # reused: a fresh array per block costs its page faults
+            self.buffer = np.empty(block.size, dtype=np.float32)
+        centred = self.buffer[: block.size].reshape(block.shape)
+        np.subtract(block, self.shift, out=centred)
+        self.sums += centred.sum(axis=0, dtype=np.float64)
+        np.square(centred, out=centred)
+        self.squares += centred.sum(axis=0, dtype=np.float64)
+        self.n += block.shape[0]
 
     def result(self) -> tuple[list[float], list[float]]:
         """Mean and population standard deviation; constant columns get scale 1."""
-        scale = np.sqrt(self.m2 / self.n)
+        offset = self.sums / self.n
+        scale = np.sqrt(np.maximum(self.squares / self.n - offset**2, 0.0))
         scale[scale == 0] = 1.0
-        return self.mean.tolist(), scale.tolist()
+        return (self.shift + offset).tolist(), scale.tolist()
 
 
-def _blocks(path: Path) -> Iterator[np.ndarray]:
+def read_rows(path: Path) -> Iterator[np.ndarray]:
     """The rows of a float32 .npy, CHUNK_ROWS at a time, by plain reads (no memory map to grow RSS)."""
     with path.open("rb") as fh:
         fmt = np.lib.format
@@ -206,7 +218,7 @@ def prepare_dir(
             is_test[test_idx] = True
             with NpyWriter(tmp / "X_train.npy", d) as train, NpyWriter(tmp / "X_test.npy", d) as test:
                 start = 0
-                for block in _blocks(tmp / "X_all.npy"):
+                for block in read_rows(tmp / "X_all.npy"):
                     mask = is_test[start : start + block.shape[0]]
                     train.write(block[~mask])
                     test.write(block[mask])
@@ -217,7 +229,7 @@ def prepare_dir(
             np.save(tmp / "y_test.npy", y[test_idx])
         else:  # the tutorial: evaluate on the training rows, stored once
             os.replace(tmp / "X_all.npy", tmp / "X_train.npy")
-            for block in _blocks(tmp / "X_train.npy") if standardize else ():
+            for block in read_rows(tmp / "X_train.npy") if standardize else ():
                 moments.add(block)
         np.save(tmp / "y_train.npy", y[train_idx])
         mean, scale = moments.result() if standardize else (None, None)
@@ -248,6 +260,13 @@ def read_meta(directory: str | Path) -> dict:
     return files.read_json(Path(directory) / "meta.json")
 
 
+def array_path(directory: Path, name: str, meta: dict) -> Path:
+    """The file holding one of X_train, y_train, X_test, y_test (the train split's when test_size was 0)."""
+    if name.endswith("_test") and meta["evaluated_on"] == "train":
+        name = f"{name[:-5]}_train"
+    return directory / f"{name}.npy"
+
+
 def load_prepared(directory: str | Path) -> Prepared:
     """Map what prepare_dir wrote: copy-on-write memory maps, so nothing is read until used.
 
@@ -256,12 +275,7 @@ def load_prepared(directory: str | Path) -> Prepared:
     """
     directory = Path(directory)
     meta = read_meta(directory)
-    arrays = {}
-    for name in _ARRAYS:
-        file = directory / f"{name}.npy"
-        if name.endswith("_test") and meta["evaluated_on"] == "train":
-            file = directory / f"{name[:-5]}_train.npy"
-        arrays[name] = np.load(file, mmap_mode="c")
+    arrays = {name: np.load(array_path(directory, name, meta), mmap_mode="c") for name in _ARRAYS}
     return Prepared(
         **arrays,
         features=tuple(meta["features"]),

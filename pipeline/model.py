@@ -100,14 +100,12 @@ def as_vector(values: tuple[float, ...] | None, device: torch.device) -> torch.T
     return None if values is None else torch.tensor(values, dtype=torch.float32, device=device)
 
 
-def standardize(X: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """A standardised copy (identity when scaling was off), as float32: for scikit-learn's baseline."""
-    X = np.asarray(X, dtype=np.float32)
+def standardize(X: np.ndarray, config: ModelConfig, out: np.ndarray | None = None) -> np.ndarray:
+    """(X - mean) / scale in float32 (X itself when scaling was off), into `out` if given: for scikit-learn."""
     if config.mean is None:
-        return X
-    mean = np.asarray(config.mean, dtype=np.float32)
-    scale = np.asarray(config.scale, dtype=np.float32)
-    return (X - mean) / scale
+        return np.asarray(X, dtype=np.float32)
+    out = np.subtract(X, np.asarray(config.mean, dtype=np.float32), out=out, dtype=np.float32)
+    return np.divide(out, np.asarray(config.scale, dtype=np.float32), out=out)
 
 
 ROW_BLOCK = 1 << 14  # rows scored at a time: a block's columns stay in cache while its logits are summed

@@ -11,14 +11,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.tables import (
-    FLOAT32_MAX,
     FORMATS,
     TableError,
-    cell_problem,
     check_file,
     check_header,
     csv_header,
     file_format,
+    float32_rows,
     parquet_metadata,
     read_blocks,
 )
@@ -122,14 +121,7 @@ def _arrays(
         text = pc.utf8_trim_whitespace(pc.cast(labels, pa.string()))
         null = pc.or_(pc.is_null(text), pc.equal(text, "")).to_numpy(zero_copy_only=False)
         y = np.where(null, np.nan, pc.fill_null(pc.equal(text, positive), False).to_numpy(zero_copy_only=False))
-    X = np.empty((len(batch), len(features)), dtype=np.float32)
-    for j, name in enumerate(features):
-        column = batch.column(name).to_numpy(zero_copy_only=False)
-        beyond = np.abs(column) > FLOAT32_MAX  # infinities included; NaN (a missing cell) is not
-        if beyond.any():
-            i = int(np.argmax(beyond))
-            raise TableError(f"{where}, row {first_row + i}, column {name!r}: {cell_problem(column[i])}")
-        X[:, j] = column
+    X = float32_rows(batch, list(features), where, first_row, finite=False)  # NaN: missing, judged by row
     return y.astype(np.float32), X
 
 

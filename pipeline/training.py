@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,6 +155,107 @@ def _as_tensor(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.
     return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
 
 
+FUSED_ROWS = 1 << 13  # rows per block of the fused pass: at 100 features 3.2 MB, still in cache for its second read
+
+
+def fused_pass(
+    X: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed binary cross entropy of logits X @ weight + bias, its gradient and the hits, reading X once.
+
+    Block by block: the logits (one read of the block from memory), then the gradient X_b^T (p - y) while the
+    block is still in cache; unfused, autograd reads all of X twice (forward, then backward). Only what needs
+    the block runs per block; the loss and the hits come from the whole logit vector after. Losses are summed
+    in float64 (the line search compares values ~1e-9 apart), gradients accumulated in float64.
+    Returns (loss sum, d/dweight, d/dbias, hits at the threshold).
+    """
+    wide = torch.float32 if X.device.type == "mps" else torch.float64
+    w, b = weight.detach().reshape(-1), bias.detach().reshape(())
+    if X.device.type == "cpu":
+        logits, residual, grad_w = _cpu_blocks(X.numpy(), y.numpy(), w.numpy(), float(b))
+        logits, residual, grad_w = torch.from_numpy(logits), torch.from_numpy(residual), torch.from_numpy(grad_w)
+    else:
+        logits, residual = torch.empty_like(y), torch.empty_like(y)
+        grad_w = torch.zeros(X.shape[1], dtype=wide, device=X.device)
+        for start in range(0, X.shape[0], FUSED_ROWS):
+            block, rows = X[start : start + FUSED_ROWS], slice(start, start + FUSED_ROWS)
+            logits[rows] = torch.mv(block, w).add_(b)
+            residual[rows] = torch.sigmoid(logits[rows]).sub_(y[rows])
+            grad_w += torch.mv(block.T, residual[rows])
+    loss = F.binary_cross_entropy_with_logits(logits.to(wide), y.to(wide), reduction="sum")
+    hits = ((torch.sigmoid(logits) >= threshold) == y).sum()
+    return loss, grad_w, residual.sum(dtype=wide), hits
+
+
+def _cpu_blocks(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fused_pass's block loop on the CPU: logits, residuals p - y, and the gradient X^T (p - y) in float64.
+
+    numpy here, not torch: numpy's BLAS ran these block matrix-vector products at 0.9-1.2x memcpy on the 2-core
+    machine, torch's at 0.55-0.7x (benchmarks/scale.py prints the ratio).
+    """
+    logits, residual = np.empty_like(y), np.empty_like(y)
+    grad_w = np.zeros(X.shape[1])
+    with np.errstate(over="ignore"):  # exp(-z) = inf for a very negative logit: p is then 0, as it should be
+        for start in range(0, X.shape[0], FUSED_ROWS):
+            block, rows = X[start : start + FUSED_ROWS], slice(start, start + FUSED_ROWS)
+            z, r = logits[rows], residual[rows]
+            np.matmul(block, w, out=z)
+            z += b
+            np.exp(np.negative(z, out=r), out=r)
+            r += 1
+            np.reciprocal(r, out=r)
+            r -= y[rows]
+            grad_w += r @ block
+    return logits, residual, grad_w
+
+
+class _FusedBCE(torch.autograd.Function):
+    """fused_pass as an autograd op: the gradient is computed in the forward pass and only scaled in backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, X: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss sum and hits; the gradients are kept for backward."""
+        loss, grad_w, grad_b, hits = fused_pass(X, y, weight, bias, threshold)
+        ctx.save_for_backward(grad_w, grad_b)
+        ctx.shapes = (weight.shape, bias.shape, weight.dtype)
+        ctx.mark_non_differentiable(hits)
+        return loss, hits
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, grad_hits: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """Chain rule: the upstream scalar times the gradients fused_pass found."""
+        grad_w, grad_b = ctx.saved_tensors
+        w_shape, b_shape, dtype = ctx.shapes
+        scaled = [(grad_loss * g).to(dtype).reshape(shape) for g, shape in ((grad_w, w_shape), (grad_b, b_shape))]
+        return None, None, *scaled, None
+
+
+class FusedObjective(nn.Module):
+    """Mean binary cross entropy and hits of BinaryClassifier on raw rows in one pass (for full-batch L-BFGS).
+
+    The standardisation is folded into the weights as in Logits; DDP can wrap it like any module.
+    """
+
+    def __init__(
+        self, model: BinaryClassifier, mean: torch.Tensor | None, scale: torch.Tensor | None, threshold: float
+    ) -> None:
+        super().__init__()
+        self.model, self.threshold = model, threshold
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cost over the rows, hits)."""
+        weight, bias = self.model.linear.weight, self.model.linear.bias
+        if self.scale is not None:
+            weight = weight / self.scale
+            bias = bias - weight @ self.mean
+        loss, hits = _FusedBCE.apply(x, y.reshape(-1), weight, bias, self.threshold)
+        return loss / x.shape[0], hits
+
+
 def train(
     X: np.ndarray | torch.Tensor,
     y: np.ndarray | torch.Tensor,
@@ -185,7 +287,11 @@ def train(
         mean_t, scale_t = column_moments(x_train, shard)
     else:
         mean_t, scale_t = as_vector(mean, device), as_vector(scale, device)
+    # L-BFGS (full batch) takes the fused pass: loss and gradient in one read of X
+    fused = params.optimizer == "lbfgs"
     net: nn.Module = Logits(model, mean_t, scale_t)
+    if fused:
+        net = FusedObjective(model, mean_t, scale_t, params.threshold)
     if shard.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -197,31 +303,30 @@ def train(
     share = n_local * shard.world / n_total
     l2 = 0.0 if params.C is None else 1.0 / (params.C * n_total)  # scikit-learn: C * sum(loss) + ||W||^2 / 2
 
-    reduce_in = torch.float64 if params.optimizer == "lbfgs" and device.type != "mps" else None  # no fp64 on mps
-
     def correct(hypothesis: torch.Tensor, target: torch.Tensor = y_train) -> torch.Tensor:
         return ((hypothesis >= params.threshold) == target).sum(dim=(-2, -1))
 
     def objective(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss to differentiate, mean cost of these rows, hypothesis); sgd keeps the tutorial's form."""
-        logits = net(xb)
-        hypothesis = torch.sigmoid(logits)
-        if params.optimizer == "sgd":
-            cost = F.binary_cross_entropy(hypothesis, yb)
-        elif reduce_in is None:  # from logits: accurate near probabilities 0 and 1
-            cost = F.binary_cross_entropy_with_logits(logits, yb)
-        else:  # L-BFGS's line search compares losses that differ by ~1e-9: sum them in float64
-            cost = F.binary_cross_entropy_with_logits(logits.to(reduce_in), yb.to(reduce_in))
+        """(loss to differentiate, mean cost of these rows, hypothesis or hits); sgd keeps the tutorial's form."""
+        if fused:
+            cost, scored = net(xb, yb)
+        else:
+            logits = net(xb)
+            scored = torch.sigmoid(logits)  # the hypothesis
+            if params.optimizer == "sgd":
+                cost = F.binary_cross_entropy(scored, yb)
+            else:  # from logits: accurate near probabilities 0 and 1
+                cost = F.binary_cross_entropy_with_logits(logits, yb)
         loss = cost if share == 1.0 else cost * share
         if l2:
             raw = model.linear.weight / scale_t if precondition else model.linear.weight
             loss = loss + 0.5 * l2 * raw.square().sum()
-        return loss, cost, hypothesis
+        return loss, cost, scored
 
     if params.optimizer == "lbfgs":
         # The line search may try a far worse point and step back: only a non-finite cost is divergence there.
         history = _History(shard, log, on_history, rising=False)
-        _lbfgs(params, weights, lambda: objective(x_train, y_train), correct, history, shard, n_total, n_local)
+        _lbfgs(params, weights, lambda: objective(x_train, y_train), history, shard, n_total, n_local)
         if precondition:
             _unfold(model, mean_t, scale_t)
         cost, accuracy = history.arrays()
@@ -341,7 +446,6 @@ def _lbfgs(
     params: TrainParams,
     weights: list[torch.Tensor],
     objective: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    correct: Callable[[torch.Tensor], torch.Tensor],
     history: _History,
     shard: Shard,
     n_total: int,
@@ -363,9 +467,9 @@ def _lbfgs(
     def closure() -> torch.Tensor:
         for w in weights:
             w.grad = None
-        loss, cost, hypothesis = objective()
+        loss, cost, hits = objective()  # the fused pass: hits, not hypotheses
         loss.backward()
-        history.add(cost, correct(hypothesis.detach()), n_local)
+        history.add(cost, hits, n_local)
         epoch = evaluations[0]
         evaluations[0] += 1
         if epoch % params.log_every == 0:

@@ -10,7 +10,7 @@ import torch
 from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes, load_checkpoint, predict_proba
 from pipeline.params import load_params
 from pipeline.sources import open_source
-from pipeline.training import DeviceError, resolve_device, sgd_step, train
+from pipeline.training import FUSED_ROWS, DeviceError, fused_pass, resolve_device, sgd_step, train
 
 from .conftest import prepared
 
@@ -218,6 +218,56 @@ def test_lbfgs_with_matched_C_equals_sklearn_within_1e_3():
     coef, intercept = sklearn_weights(X, y, mean, scale, C=0.5)
     assert np.abs(result.model.linear.weight.detach().numpy().ravel() - coef).max() < 1e-3
     assert abs(result.model.linear.bias.item() - intercept) < 1e-3
+
+
+def test_fused_pass_equals_autograd_and_sklearn():
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(0)
+    n = 2 * FUSED_ROWS + 123  # two whole blocks and a partial one
+    X = torch.from_numpy(rng.normal(1.0, 2.0, (n, 8)).astype(np.float32))
+    y = torch.from_numpy((rng.random(n) < 0.4).astype(np.float32))
+    w, b = torch.from_numpy(rng.normal(0, 0.3, 8).astype(np.float32)), torch.tensor(-0.2)
+    loss, grad_w, grad_b, hits = fused_pass(X, y, w, b, 0.5)
+    # Unfused, as autograd does it: the logits over all of X, then the backward pass over X again
+    W, B = w.clone().requires_grad_(), b.clone().requires_grad_()
+    logits = X @ W + B
+    reference = torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), y.double(), reduction="sum")
+    reference.backward()
+    assert abs(loss.item() - reference.item()) < 1e-6 * n
+    np.testing.assert_allclose(grad_w.numpy(), W.grad.numpy(), rtol=1e-4, atol=1e-3)
+    assert abs(grad_b.item() - B.grad.item()) < 1e-3
+    assert hits.item() == int(((torch.sigmoid(logits) >= 0.5) == y).sum())
+    proba = 1 / (1 + np.exp(-(X.numpy().astype(np.float64) @ w.numpy() + b.item())))
+    assert abs(loss.item() / n - log_loss(y.numpy(), proba)) < 1e-6
+
+
+def test_lbfgs_fused_equals_an_unfused_lbfgs_and_sklearn_within_1e_3():
+    X, y, mean, scale = standardized_breast_cancer()
+    fused = quiet_train(X, y, ["train.optimizer=lbfgs", "train.C=0.5", "train.epochs=500"], mean, scale)
+    # The reference: torch's L-BFGS on an autograd objective over a scaled copy, as a user would write it
+    Xs = torch.from_numpy(((X - np.float32(mean)) / np.float32(scale)).astype(np.float32))
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(X.shape[1], 1)
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                  history_size=10, line_search_fn="strong_wolfe")  # fmt: skip
+    target = torch.from_numpy(y).reshape(-1, 1).double()
+
+    def closure():
+        optimizer.zero_grad()
+        cost = torch.nn.functional.binary_cross_entropy_with_logits(linear(Xs).double(), target)
+        loss = cost + 0.5 / (0.5 * len(y)) * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    coef, intercept = sklearn_weights(X, y, mean, scale, C=0.5)
+    unfused = linear.weight.detach().numpy().ravel()  # all three on standardised features
+    fused_w = fused.model.linear.weight.detach().numpy().ravel()
+    assert np.abs(fused_w - unfused).max() < 1e-3 and np.abs(unfused - coef).max() < 1e-3
+    assert np.abs(fused_w - coef).max() < 1e-3
+    bias = fused.model.linear.bias.item(), linear.bias.item(), intercept
+    assert abs(bias[0] - bias[1]) < 1e-3 and abs(bias[1] - bias[2]) < 1e-3
 
 
 def test_folded_scaling_equals_training_on_a_scaled_copy():

@@ -21,8 +21,6 @@ from pipeline.tables import (
     read_blocks,
 )
 
-OUTPUTS = ("probability", "label")
-
 
 @dataclass(frozen=True)
 class InputFile:

@@ -260,9 +260,9 @@ def read_meta(directory: str | Path) -> dict:
     return files.read_json(Path(directory) / "meta.json")
 
 
-def array_path(directory: Path, name: str, meta: dict) -> Path:
+def array_path(directory: Path, name: str, evaluated_on: str) -> Path:
     """The file holding one of X_train, y_train, X_test, y_test (the train split's when test_size was 0)."""
-    if name.endswith("_test") and meta["evaluated_on"] == "train":
+    if name.endswith("_test") and evaluated_on == "train":
         name = f"{name[:-5]}_train"
     return directory / f"{name}.npy"
 
@@ -275,7 +275,7 @@ def load_prepared(directory: str | Path) -> Prepared:
     """
     directory = Path(directory)
     meta = read_meta(directory)
-    arrays = {name: np.load(array_path(directory, name, meta), mmap_mode="c") for name in _ARRAYS}
+    arrays = {name: np.load(array_path(directory, name, meta["evaluated_on"]), mmap_mode="c") for name in _ARRAYS}
     return Prepared(
         **arrays,
         features=tuple(meta["features"]),

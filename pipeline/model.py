@@ -88,11 +88,20 @@ def folded_logits(
     model: BinaryClassifier, x: torch.Tensor, mean: torch.Tensor | None, scale: torch.Tensor | None
 ) -> torch.Tensor:
     """X @ (W / scale) + (b - (W / scale) . mean): the logit on raw rows, without a scaled copy of X."""
-    linear = model.linear
     if scale is None:
-        return linear(x)
-    weight = linear.weight / scale
-    return F.linear(x, weight, linear.bias - weight @ mean)
+        return model.linear(x)
+    return F.linear(x, *folded_weights(model, mean, scale))
+
+
+def folded_weights(
+    model: BinaryClassifier, mean: torch.Tensor | None, scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W / scale, b - (W / scale) . mean): weights that act on raw rows as W acts on standardised ones."""
+    weight, bias = model.linear.weight, model.linear.bias
+    if scale is None:
+        return weight, bias
+    weight = weight / scale
+    return weight, bias - weight @ mean
 
 
 def as_vector(values: tuple[float, ...] | None, device: torch.device) -> torch.Tensor | None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.model import BinaryClassifier, Logits, as_vector
+from pipeline.model import BinaryClassifier, Logits, as_vector, folded_weights
 from pipeline.params import TrainParams
 
 LOG_LINE = "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%"
@@ -248,10 +248,7 @@ class FusedObjective(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean cost over the rows, hits)."""
-        weight, bias = self.model.linear.weight, self.model.linear.bias
-        if self.scale is not None:
-            weight = weight / self.scale
-            bias = bias - weight @ self.mean
+        weight, bias = folded_weights(self.model, self.mean, self.scale)
         loss, hits = _FusedBCE.apply(x, y.reshape(-1), weight, bias, self.threshold)
         return loss / x.shape[0], hits
 
@@ -289,9 +286,9 @@ def train(
         mean_t, scale_t = as_vector(mean, device), as_vector(scale, device)
     # L-BFGS (full batch) takes the fused pass: loss and gradient in one read of X
     fused = params.optimizer == "lbfgs"
-    net: nn.Module = Logits(model, mean_t, scale_t)
-    if fused:
-        net = FusedObjective(model, mean_t, scale_t, params.threshold)
+    net: nn.Module = (
+        FusedObjective(model, mean_t, scale_t, params.threshold) if fused else Logits(model, mean_t, scale_t)
+    )
     if shard.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -45,7 +45,7 @@ def score(data_dir: Path, model_path: Path, params: BaselineParams) -> Scored:
     if config.mean is not None:  # scikit-learn has no scaling of its own: one scaled copy, never a second X
         X_train = np.empty(X_train.shape, dtype=np.float32)
         start = 0
-        for block in data.read_rows(data.array_path(data_dir, "X_train", data.read_meta(data_dir))):
+        for block in data.read_rows(data.array_path(data_dir, "X_train", prepared.evaluated_on)):
             standardize(block, config, out=X_train[start : start + block.shape[0]])
             start += block.shape[0]
     baseline = metrics.fit_baseline(X_train, prepared.y_train, params)

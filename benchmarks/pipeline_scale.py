@@ -21,15 +21,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-FILES = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore"]
+from common import Watch, clean_env, project_copy
+
 SWEEP = (1_000_000, 2_000_000, 5_000_000, 10_000_000)
 STAGES = ("prepare", "train", "evaluate", "register", "predict")
 SEED = 1
@@ -78,104 +76,87 @@ def write_table(path: Path, rows: int, features: int) -> int:
     return rows * features * 4
 
 
-class Watch:
-    """Run a command, sampling its process tree's summed RSS; per `python -m pipeline <stage>` when it runs one."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self.stages: dict[str, dict[str, float]] = {}
-
-    def run(self, args: list[str], cwd: Path, env: dict[str, str]) -> float:
-        """Wall seconds of the command; fails loudly with its output."""
-        import psutil
-
-        started = time.perf_counter()
-        log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the command
-        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        root = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                tree = [root, *root.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in tree)
-                stage = next((s for p in tree for s in [_stage_of(p)] if s), None)
-            except psutil.Error:
-                continue
-            self.peak = max(self.peak, rss)
-            if stage:
-                now = time.perf_counter()
-                seen = self.stages.setdefault(stage, {"first": now, "last": now, "peak_rss": 0})
-                seen["last"], seen["peak_rss"] = now, max(seen["peak_rss"], rss)
-            time.sleep(0.02)
-        if proc.returncode != 0:
-            log.seek(0)
-            sys.exit(f"{' '.join(args)} failed:\n{log.read().decode()[-4000:]}")
-        return time.perf_counter() - started
-
-
-def _stage_of(process) -> str | None:
+def stage_of(cmd: list[str]) -> str | None:
     """The stage a `python -m pipeline <stage>` process runs (None for anything else)."""
-    cmd = process.cmdline()
-    if len(cmd) > 3 and cmd[1:3] == ["-m", "pipeline"] and cmd[3] in STAGES:
-        return cmd[3]
-    return None
-
-
-def clean_env() -> dict[str, str]:
-    """This venv first on PATH, no MLflow or DVC settings from the caller's shell."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="b")
-    env.update(GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b")
-    return env
+    return cmd[3] if len(cmd) > 3 and cmd[1:3] == ["-m", "pipeline"] and cmd[3] in STAGES else None
 
 
 def pipeline_side(table: Path, tmp: Path) -> dict:
     """dvc repro in a fresh copy of the project on the table, then pipeline predict over it."""
     import yaml
 
-    root = tmp / "project"
-    for name in FILES:
-        src, dst = REPO / name, root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    (root / "data" / "raw").mkdir(parents=True)
-    os.link(table, root / "data" / "raw" / table.name)  # the same bytes as the script reads, not a copy
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["prepare"].update(source=f"data/raw/{table.name}", test_size=0.2, standardize=True)
-    params["train"]["optimizer"] = "lbfgs"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = clean_env()
-    bin_dir = Path(sys.executable).parent
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "b"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-    watch = Watch()
-    repro = watch.run([str(bin_dir / "dvc"), "repro"], root, env)
-    name = params["register"]["model_name"]
+    def on_the_table(root: Path) -> None:
+        (root / "data" / "raw").mkdir(parents=True)
+        os.link(table, root / "data" / "raw" / table.name)  # the same bytes as the script reads, not a copy
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["prepare"].update(source=f"data/raw/{table.name}", test_size=0.2, standardize=True)
+        params["train"]["optimizer"] = "lbfgs"
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    root = project_copy(tmp / "project", edit=on_the_table)
+    env, bin_dir = clean_env(), Path(sys.executable).parent
+    watch = Watch(stage_of)
+    repro = watch.check([str(bin_dir / "dvc"), "repro"], root, env)
+    name = yaml.safe_load((root / "params.yaml").read_text())["register"]["model_name"]
     args = [sys.executable, "-m", "pipeline", "predict", "--model", f"models:/{name}@challenger"]
-    predict = watch.run([*args, "--input", str(table), "--output", str(tmp / "scored.parquet")], root, env)
-    stages = {s: {"s": v["last"] - v["first"], "peak_rss": v["peak_rss"]} for s, v in watch.stages.items()}
+    predict = watch.check([*args, "--input", str(table), "--output", str(tmp / "scored.parquet")], root, env)
+    stages = {s: {"s": v["last"] - v["first"], "peak_rss": v["peak_rss"]} for s, v in watch.named.items()}
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     return {"repro_s": repro, "predict_s": predict, "s": repro + predict, "peak_rss": watch.peak, "stages": stages,
             "metrics": metrics}  # fmt: skip
 
 
 def script_side(table: Path, tmp: Path) -> dict:
-    """The plain script, in its own process."""
+    """The plain script, in its own process; a failure (out of memory at 10M on 24 GiB) is reported, not fatal."""
     script = tmp / "plain.py"
     script.write_text(SCRIPT)
     watch = Watch()
     args = [sys.executable, str(script), str(table), str(tmp / "model.joblib"), str(tmp / "script.parquet")]
-    seconds = watch.run(args, tmp, clean_env())
-    return {"s": seconds, "peak_rss": watch.peak}
+    seconds, status, tail = watch.run(args, tmp, clean_env())
+    failed = None if status == 0 else f"exit {status}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
+    return {"s": seconds, "peak_rss": watch.peak, "failed": failed}
 
 
-def one_size(rows: int, features: int) -> dict:
-    """Both sides on a fresh table of rows x features."""
+def prepare_against_pyarrow(source: Path, root: Path) -> dict:
+    """`pipeline prepare` of a file (as the benchmark's params) against a process that only reads it with pyarrow."""
+    read = "pq.read_table" if source.suffix == ".parquet" else "pacsv.read_csv"
+    code = f"import pyarrow.csv as pacsv, pyarrow.parquet as pq; {read}({str(source)!r})"
+    env, watch = clean_env(), Watch()
+    pyarrow_s = watch.check([sys.executable, "-c", code], root, env)
+    out = root / "prepared_again"
+    args = [sys.executable, "-m", "pipeline", "prepare", "--out", str(out), "--set", f"prepare.source={source}"]
+    prepare_s = watch.check(args, root, env)
+    out_bytes = sum(f.stat().st_size for f in out.glob("X_*.npy"))
+    shutil.rmtree(out)
+    return {"file": source.name, "prepare_s": prepare_s, "pyarrow_s": pyarrow_s, "x_bytes": out_bytes,
+            "gb_per_s": out_bytes / prepare_s / 1e9, "ratio": prepare_s / pyarrow_s}  # fmt: skip
+
+
+def csv_copy(table: Path, rows: int) -> Path:
+    """The first `rows` rows of the table as a CSV beside it (pyarrow's writer)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = table.with_name(f"{table.stem}_{rows}.csv")
+    with pacsv.CSVWriter(path, pq.ParquetFile(table).schema_arrow) as writer:
+        for batch in pq.ParquetFile(table).iter_batches(batch_size=1 << 16):
+            writer.write_batch(batch.slice(0, rows))
+            rows -= min(rows, len(batch))
+            if not rows:
+                break
+    return path
+
+
+def one_size(rows: int, features: int, csv_rows: int) -> dict:
+    """Both sides on a fresh table of rows x features; prepare against pyarrow on it (and on a CSV of csv_rows)."""
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         table = tmp / "table.parquet"
         x_bytes = write_table(table, rows, features)
         ours = pipeline_side(table, tmp)
+        reads = [prepare_against_pyarrow(table, tmp / "project")]
+        if csv_rows:
+            reads.append(prepare_against_pyarrow(csv_copy(table, csv_rows), tmp / "project"))
         shutil.rmtree(tmp / "project")  # its DVC cache and prepared arrays: the script gets the same free disk
         script = script_side(table, tmp)
     bound = 1.5 * x_bytes + 2**30
@@ -191,11 +172,21 @@ def one_size(rows: int, features: int) -> dict:
     print(f"  pipeline  {ours['s']:7.1f} s  peak RSS {ours['peak_rss'] / mib:7,.0f} MiB  "
           f"(dvc repro {ours['repro_s']:.1f} s + predict {ours['predict_s']:.1f} s; test roc_auc {auc[0]:.6f}, "
           f"baseline {auc[1]:.6f})")  # fmt: skip
-    print(f"  script    {script['s']:7.1f} s  peak RSS {script['peak_rss'] / mib:7,.0f} MiB")
-    ratio_time, ratio_rss = ours["s"] / script["s"], ours["peak_rss"] / script["peak_rss"]
-    print(f"  ratio     {ratio_time:7.3f} time, {ratio_rss:.3f} peak RSS")
+    failed = f"  FAILED ({script['failed']})" if script["failed"] else ""
+    print(f"  script    {script['s']:7.1f} s  peak RSS {script['peak_rss'] / mib:7,.0f} MiB{failed}")
+    for r in reads:
+        print(f"  prepare {r['file']}: {r['prepare_s']:.1f} s, {r['gb_per_s']:.2f} GB/s of float32 out; pyarrow "
+              f"reading it {r['pyarrow_s']:.1f} s; ratio {r['ratio']:.2f} (goal: 1 GB/s or <= 1.5)")  # fmt: skip
+    ratios = {"ratio_time": None, "ratio_rss": None}
+    if not script["failed"]:
+        ratios = {"ratio_time": ours["s"] / script["s"], "ratio_rss": ours["peak_rss"] / script["peak_rss"]}
+        print(f"  ratio     {ratios['ratio_time']:7.3f} time, {ratios['ratio_rss']:.3f} peak RSS")
     return {"rows": rows, "features": features, "x_bytes": x_bytes, "pipeline": ours, "script": script,
-            "ratio_time": ratio_time, "ratio_rss": ratio_rss}  # fmt: skip
+            "prepare_against_pyarrow": reads, **ratios}  # fmt: skip
+
+
+def _shown(ratio: float | None) -> str:
+    return "n/a (the script failed)" if ratio is None else f"{ratio:.3f}"
 
 
 def main() -> None:
@@ -204,18 +195,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--sweep", action="store_true", help="1M, 2M, 5M and 10M rows")
+    parser.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the CSV prepare reads (0: none)")
     parser.add_argument("--json", type=Path, default=Path("pipeline_scale.json"))
     opts = parser.parse_args()
-    results = [one_size(rows, opts.features) for rows in (SWEEP if opts.sweep else (opts.rows,))]
+    sizes = SWEEP if opts.sweep else (opts.rows,)
+    # the CSV once, beside the last (largest) size: writing it costs more than the measurement
+    results = [
+        one_size(rows, opts.features, opts.csv_rows if i == len(sizes) - 1 else 0) for i, rows in enumerate(sizes)
+    ]
     opts.json.write_text(json.dumps(results, indent=2) + "\n")
     if len(results) > 1:
         print("\nrows         pipeline s   script s   ratio_time   ratio_rss")
         for r in results:
             print(f"{r['rows']:>10,}   {r['pipeline']['s']:10.1f}   {r['script']['s']:8.1f}   "
-                  f"{r['ratio_time']:10.3f}   {r['ratio_rss']:9.3f}")  # fmt: skip
+                  f"{_shown(r['ratio_time']):>10}   {_shown(r['ratio_rss']):>9}")  # fmt: skip
     print(f"wrote {opts.json}")
-    print(f"ratio_time: {results[-1]['ratio_time']:.3f}")
-    print(f"ratio_rss: {results[-1]['ratio_rss']:.3f}")
+    print(f"ratio_time: {_shown(results[-1]['ratio_time'])}")
+    print(f"ratio_rss: {_shown(results[-1]['ratio_rss'])}")
 
 
 if __name__ == "__main__":

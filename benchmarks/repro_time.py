@@ -6,8 +6,6 @@ Prints the first run (which creates the store), the forced re-runs and a no-op r
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -15,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-FILES = ["pipeline", "data/raw", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore"]
+from common import clean_env, project_copy
+
 REPEATS = 3
 
 
@@ -27,16 +25,7 @@ def sh(args: list[str], cwd: Path, env: dict[str, str]) -> None:
 def main() -> None:
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "project"
-        for name in FILES:
-            src, dst = REPO / name, root / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-        env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1")
-        env.update(GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b")
-        for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "b"]):
-            sh(cmd, root, env)
+        root, env = project_copy(Path(tmp) / "project", extra=("data/raw",)), clean_env()
         start = time.perf_counter()
         sh([str(bin_dir / "dvc"), "repro"], root, env)  # creates the sqlite store (migrations, once)
         first = time.perf_counter() - start

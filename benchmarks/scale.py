@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import REPO, Watch, clean_env
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET_GAP = 1e-4
 
 
@@ -111,26 +109,13 @@ def ours(X: np.ndarray, y: np.ndarray, params, target: float) -> dict:
 
 def stage_peak_rss(prepared: Path, tmp: Path, overrides: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (bytes, parent + child summed) of `python -m pipeline train`."""
-    import psutil
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = {**clean_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
     args = [sys.executable, "-m", "pipeline", "train", "--data", str(prepared), "--model", str(tmp / "model.pt")]
     args += ["--history", str(tmp / "history.csv"), "--run-info", str(tmp / "run.json")]
     args += [a for o in overrides for a in ("--set", o)]
-    started = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree))
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    if proc.returncode != 0:
-        sys.exit(f"train stage failed:\n{proc.stderr.read().decode()}")
-    return time.perf_counter() - started, peak
+    watch = Watch()
+    seconds = watch.check(args, REPO, env)
+    return seconds, watch.peak
 
 
 def main() -> None:
@@ -146,7 +131,7 @@ def main() -> None:
     from pipeline.params import load_params
     from pipeline.sources import open_source
 
-    base = load_params(ROOT / "params.yaml")
+    base = load_params(REPO / "params.yaml")
     overrides = [
         "train.optimizer=lbfgs",
         f"train.C={base.evaluate.baseline.C}",  # like for like with the baseline
@@ -154,7 +139,7 @@ def main() -> None:
         "train.log_every=1",
         f"train.device={opts.device}",
     ]
-    params = load_params(ROOT / "params.yaml", overrides)
+    params = load_params(REPO / "params.yaml", overrides)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         source = open_source("synthetic", "y", None, opts.rows, opts.features, params.prepare.seed, None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,22 +97,30 @@ def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.nda
 
 # ---------------------------------------------------------------- writing and reading prepared data
 class NpyWriter:
-    """Append float32 rows to a .npy file whose row count is known only at the end.
+    """Append float32 rows to a .npy file whose row count is known only at the end, hashing them as they go.
 
     A fixed 128-byte header is reserved and rewritten on close: the file is a valid .npy that
-    np.load can memory-map, built without ever holding the array.
+    np.load can memory-map, built without ever holding the array. `in_place` rewrites a file this class
+    wrote from its first row on, for rows read from it ahead of the writing (the split moves its train
+    rows forward); close cuts what is left beyond the last row written.
     """
 
     HEADER_BYTES = 128
 
-    def __init__(self, path: Path, n_columns: int) -> None:
+    def __init__(self, path: Path, n_columns: int, in_place: bool = False) -> None:
         self.path, self.n_columns, self.rows = path, n_columns, 0
-        self.fh = path.open("wb")
-        self.fh.write(b"\0" * self.HEADER_BYTES)
+        self.sha256 = hashlib.sha256()  # of the rows' bytes: the prepared data's digest without reading it again
+        self.fh = path.open("r+b" if in_place else "wb")
+        if in_place:
+            self.fh.seek(self.HEADER_BYTES)
+        else:
+            self.fh.write(b"\0" * self.HEADER_BYTES)
 
     def write(self, X: np.ndarray) -> None:
         """Append rows (C order, float32)."""
-        self.fh.write(memoryview(np.ascontiguousarray(X, dtype=np.float32)).cast("B"))  # no bytes copy
+        data = memoryview(np.ascontiguousarray(X, dtype=np.float32)).cast("B")  # no bytes copy
+        self.fh.write(data)
+        self.sha256.update(data)
         self.rows += X.shape[0]
 
     def __enter__(self) -> NpyWriter:
@@ -123,9 +130,10 @@ class NpyWriter:
         self.close()
 
     def close(self) -> None:
-        """Write the real header: magic, version 1.0, then the dict padded with spaces to 128 bytes."""
+        """Write the real header (magic, version 1.0, the dict padded with spaces to 128 bytes); cut the rest."""
         text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({self.rows}, {self.n_columns}), }}"
         body = text.encode("latin1").ljust(self.HEADER_BYTES - 10 - 1) + b"\n"
+        self.fh.truncate(self.HEADER_BYTES + 4 * self.rows * self.n_columns)
         self.fh.seek(0)
         self.fh.write(b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body)
         self.fh.close()
@@ -179,12 +187,11 @@ def read_rows(path: Path) -> Iterator[np.ndarray]:
             yield np.fromfile(fh, dtype=np.float32, count=rows * d).reshape(rows, d)
 
 
-def _digest(directory: Path, names: list[str], meta: dict) -> str:
+def _digest(meta: dict, arrays: dict[str, bytes]) -> str:
+    """sha256 of the meta and of each array's sha256 (of its rows' bytes; shapes are in the meta)."""
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for name in names:
-        h.update(name.encode())
-        with (directory / name).open("rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
+    for name in sorted(arrays):
+        h.update(name.encode() + arrays[name])
     return h.hexdigest()
 
 
@@ -203,7 +210,7 @@ def prepare_dir(
     def fill(tmp: Path) -> None:
         d = len(source.features)
         labels, dropped = [], 0
-        with NpyWriter(tmp / "X_all.npy", d) as everything:
+        with NpyWriter(tmp / "X_train.npy", d) as everything:  # every row; a test split moves out of it below
             for chunk in source.chunks():
                 kept, n = check_chunk(chunk, source, missing)
                 everything.write(kept.X)
@@ -212,26 +219,29 @@ def prepare_dir(
         y = np.concatenate(labels) if labels else np.empty(0, np.float32)
         check_labels(y, source)
         train_idx, test_idx = stratified_split(y, test_size, seed)
-        moments = Moments(len(source.features))
-        if test_idx.size:  # route each block's rows to train or test, keeping file order
+        moments, digests = Moments(len(source.features)), {"X_train": everything.sha256.digest()}
+        if test_idx.size:
+            # One pass over the rows in file order: test rows copied out, train rows moved forward in the same
+            # file, so X is written once (plus the test split), not once whole and again split.
             is_test = np.zeros(y.shape[0], dtype=bool)
             is_test[test_idx] = True
-            with NpyWriter(tmp / "X_train.npy", d) as train, NpyWriter(tmp / "X_test.npy", d) as test:
+            with NpyWriter(tmp / "X_train.npy", d, in_place=True) as train, NpyWriter(tmp / "X_test.npy", d) as test:
                 start = 0
-                for block in read_rows(tmp / "X_all.npy"):
+                for block in read_rows(tmp / "X_train.npy"):  # reads stay ahead of the writing
                     mask = is_test[start : start + block.shape[0]]
                     train.write(block[~mask])
                     test.write(block[mask])
                     if standardize:
                         moments.add(block[~mask])
                     start += block.shape[0]
-            os.unlink(tmp / "X_all.npy")
+            digests.update(X_train=train.sha256.digest(), X_test=test.sha256.digest())
             np.save(tmp / "y_test.npy", y[test_idx])
+            digests["y_test"] = hashlib.sha256(y[test_idx]).digest()
         else:  # the tutorial: evaluate on the training rows, stored once
-            os.replace(tmp / "X_all.npy", tmp / "X_train.npy")
             for block in read_rows(tmp / "X_train.npy") if standardize else ():
                 moments.add(block)
         np.save(tmp / "y_train.npy", y[train_idx])
+        digests["y_train"] = hashlib.sha256(y[train_idx]).digest()
         mean, scale = moments.result() if standardize else (None, None)
         meta.update(
             features=list(source.features),
@@ -244,8 +254,7 @@ def prepare_dir(
             n_test=int(test_idx.size or train_idx.size),
             dropped_rows=dropped,
         )
-        names = sorted(f.name for f in tmp.iterdir() if f.suffix == ".npy")
-        meta["sha256"] = _digest(tmp, names, meta)
+        meta["sha256"] = _digest(meta, digests)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     files.write_dir(out, fill)

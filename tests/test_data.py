@@ -226,6 +226,28 @@ def test_csv_and_parquet_stream_in_chunks_with_row_numbers(tmp_path, monkeypatch
         source(str(tmp_path / "t.csv"), features=["c"])
 
 
+def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path, monkeypatch):
+    from pipeline import sources
+
+    monkeypatch.setattr(sources, "CHUNK_ROWS", 300)
+    monkeypatch.setattr(data, "CHUNK_ROWS", 128)  # the split pass's blocks, not aligned with the written chunks
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.normal(size=(2000, 3)).astype(np.float32), columns=["a", "b", "c"])
+    frame["y"] = rng.integers(0, 2, 2000)
+    frame.to_parquet(tmp_path / "t.parquet")
+    meta = data.prepare_dir(tmp_path / "prep", source(str(tmp_path / "t.parquet")), 0.3, 4, True, "error")
+    p = data.load_prepared(tmp_path / "prep")
+    train, test = data.stratified_split(frame["y"].to_numpy(np.float32), 0.3, seed=4)
+    X, y = frame[["a", "b", "c"]].to_numpy(), frame["y"].to_numpy(np.float32)
+    np.testing.assert_array_equal(p.X_train, X[train])
+    np.testing.assert_array_equal(p.X_test, X[test])
+    np.testing.assert_array_equal(p.y_train, y[train])
+    np.testing.assert_array_equal(p.y_test, y[test])
+    assert (tmp_path / "prep" / "X_train.npy").stat().st_size == 128 + 4 * 3 * train.size  # the moved-out tail cut
+    np.testing.assert_allclose(meta["mean"], X[train].mean(axis=0, dtype=np.float64), atol=1e-7)  # a float32 shift
+    np.testing.assert_allclose(meta["scale"], X[train].std(axis=0, dtype=np.float64), rtol=1e-6)
+
+
 def test_synthetic_is_a_function_of_seed_and_row_index(tmp_path, monkeypatch):
     from pipeline import sources
 

@@ -1,0 +1,98 @@
+"""What the benchmarks share: a clean environment, a copy of the project in a temp git repo, a process-tree sampler."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def clean_env() -> dict[str, str]:
+    """This venv first on PATH, no MLflow or DVC settings from the caller's shell, a git identity."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="b")
+    env.update(GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b")
+    return env
+
+
+def project_copy(root: Path, extra: tuple[str, ...] = (), edit: Callable[[Path], None] | None = None) -> Path:
+    """The project's code and config (plus `extra` paths) copied to `root`, `edit`ed, committed to a new git repo."""
+    for name in (*PROJECT_FILES, *extra):
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    if edit:
+        edit(root)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "b"]):
+        subprocess.run(cmd, cwd=root, env=clean_env(), check=True, capture_output=True)
+    return root
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants, from /proc (children of every thread)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in Path(f"/proc/{pids[i]}/task").glob("*/children"):
+            try:
+                pids += [int(c) for c in task.read_text().split()]
+            except OSError:  # the thread or process ended meanwhile
+                pass
+        i += 1
+    return pids
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
+class Watch:
+    """Run commands, sampling their process tree's summed RSS every 20 ms; per named process when `name_of` says.
+
+    Reads /proc directly: psutil's process walk every 20 ms took enough of one of the two cores to stall
+    torch's threads (the train stage took 46 s instead of 6 s under it).
+    """
+
+    def __init__(self, name_of: Callable[[list[str]], str | None] = lambda cmd: None) -> None:
+        self.name_of, self.peak = name_of, 0
+        self.named: dict[str, dict[str, float]] = {}  # name -> first and last seen, peak RSS of the tree
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
+        """Wall seconds, exit status and the tail of the output of one command."""
+        started = time.perf_counter()
+        with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would stall the command
+            proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            while proc.poll() is None:
+                pids = _tree(proc.pid)
+                rss = sum(int((_read(f"/proc/{p}/statm").split() or [b"0", b"0"])[1]) for p in pids) * PAGE_BYTES
+                self.peak = max(self.peak, rss)
+                cmds = [_read(f"/proc/{p}/cmdline").decode().split("\0") for p in pids]
+                name = next((n for cmd in cmds if (n := self.name_of(cmd))), None)
+                if name:
+                    now = time.perf_counter()
+                    seen = self.named.setdefault(name, {"first": now, "last": now, "peak_rss": 0})
+                    seen["last"], seen["peak_rss"] = now, max(seen["peak_rss"], rss)
+                time.sleep(0.02)
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-4000:]
+        return time.perf_counter() - started, proc.returncode, tail
+
+    def check(self, args: list[str], cwd: Path, env: dict[str, str]) -> float:
+        """Wall seconds of a command that must succeed; exits with its output if it fails."""
+        seconds, status, tail = self.run(args, cwd, env)
+        if status != 0:
+            sys.exit(f"{' '.join(args)} failed (exit {status}):\n{tail}")
+        return seconds

@@ -86,14 +86,15 @@ def pipeline_side(table: Path, tmp: Path) -> dict:
     import yaml
 
     def on_the_table(root: Path) -> None:
-        (root / "data" / "raw").mkdir(parents=True)
-        os.link(table, root / "data" / "raw" / table.name)  # the same bytes as the script reads, not a copy
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["prepare"].update(source=f"data/raw/{table.name}", test_size=0.2, standardize=True)
         params["train"]["optimizer"] = "lbfgs"
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     root = project_copy(tmp / "project", edit=on_the_table)
+    (root / "data" / "raw").mkdir(parents=True)
+    # after the commit: a data file is DVC's to hash, not git's; linked, so the same bytes as the script reads
+    os.link(table, root / "data" / "raw" / table.name)
     env, bin_dir = clean_env(), Path(sys.executable).parent
     watch = Watch(stage_of)
     repro = watch.check([str(bin_dir / "dvc"), "repro"], root, env)

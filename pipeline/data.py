@@ -107,9 +107,10 @@ class NpyWriter:
 
     HEADER_BYTES = 128
 
-    def __init__(self, path: Path, n_columns: int, in_place: bool = False) -> None:
+    def __init__(self, path: Path, n_columns: int, in_place: bool = False, hashed: bool = True) -> None:
         self.path, self.n_columns, self.rows = path, n_columns, 0
-        self.sha256 = hashlib.sha256()  # of the rows' bytes: the prepared data's digest without reading it again
+        # of the rows' bytes: the prepared data's digest without reading it again (None: rows to be moved)
+        self.sha256 = hashlib.sha256() if hashed else None
         self.fh = path.open("r+b" if in_place else "wb")
         if in_place:
             self.fh.seek(self.HEADER_BYTES)
@@ -120,7 +121,8 @@ class NpyWriter:
         """Append rows (C order, float32)."""
         data = memoryview(np.ascontiguousarray(X, dtype=np.float32)).cast("B")  # no bytes copy
         self.fh.write(data)
-        self.sha256.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
         self.rows += X.shape[0]
 
     def __enter__(self) -> NpyWriter:
@@ -210,7 +212,8 @@ def prepare_dir(
     def fill(tmp: Path) -> None:
         d = len(source.features)
         labels, dropped = [], 0
-        with NpyWriter(tmp / "X_train.npy", d) as everything:  # every row; a test split moves out of it below
+        # every row; a test split moves out of it below (and the train rows' digest is taken then)
+        with NpyWriter(tmp / "X_train.npy", d, hashed=test_size == 0) as everything:
             for chunk in source.chunks():
                 kept, n = check_chunk(chunk, source, missing)
                 everything.write(kept.X)
@@ -219,7 +222,7 @@ def prepare_dir(
         y = np.concatenate(labels) if labels else np.empty(0, np.float32)
         check_labels(y, source)
         train_idx, test_idx = stratified_split(y, test_size, seed)
-        moments, digests = Moments(len(source.features)), {"X_train": everything.sha256.digest()}
+        moments, digests = Moments(len(source.features)), {}
         if test_idx.size:
             # One pass over the rows in file order: test rows copied out, train rows moved forward in the same
             # file, so X is written once (plus the test split), not once whole and again split.
@@ -238,6 +241,7 @@ def prepare_dir(
             np.save(tmp / "y_test.npy", y[test_idx])
             digests["y_test"] = hashlib.sha256(y[test_idx]).digest()
         else:  # the tutorial: evaluate on the training rows, stored once
+            digests["X_train"] = everything.sha256.digest()
             for block in read_rows(tmp / "X_train.npy") if standardize else ():
                 moments.add(block)
         np.save(tmp / "y_train.npy", y[train_idx])

@@ -9,10 +9,17 @@ then runs, each from a clean state and one after the other:
       LogisticRegression(lbfgs), predict_proba with roc_auc and log_loss on the test split, the model saved
       with joblib, then the whole file scored to Parquet.
 Each side's wall time and peak RSS (its whole process tree summed, sampled every 20 ms) are printed, the
-pipeline's per stage (peak RSS against the bound 1.5 x X + 1 GiB), and last `ratio_time: X` and
-`ratio_rss: Y` (pipeline / script). `--sweep` runs 1M, 2M, 5M and 10M rows and ends with the largest.
+pipeline's per stage (peak RSS against the bound 1.5 x X + 1 GiB), then `pipeline prepare` of the file (and
+of a CSV of its first --csv-rows rows) against a process that only reads it with pyarrow, and last
+`ratio_time: X` and `ratio_rss: Y` (pipeline / script). A script that fails (at 10M x 100 on a 24 GiB machine
+the OOM killer stops it) is reported with its time and peak RSS, and that size's ratios are n/a.
+`--sweep` runs 1M, 2M, 5M and 10M rows and ends with the largest.
 
-    python benchmarks/pipeline_scale.py --rows 1000000 --features 100 [--sweep] [--json pipeline_scale.json]
+Where a virtual machine's host backs guest memory on first touch (the 2-core machine here: about 3 s per
+fresh GiB, page cache included, and memory freed for a minute is fresh again), a side's time is largely the
+memory it touches; that is why the figures move between runs.
+
+    python benchmarks/pipeline_scale.py --rows 1000000 --features 100 [--sweep] [--csv-rows N] [--json F]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -148,17 +156,26 @@ def csv_copy(table: Path, rows: int) -> Path:
     return path
 
 
+def warm_libraries() -> None:
+    """Import what either side imports, untimed, so neither reads library files back from disk."""
+    # a big table's page cache evicts them: a 17 s train stage at 1M right after a 10M run, 5 s otherwise
+    code = "import dvc.repo, mlflow, pandas, pyarrow.parquet, sklearn.linear_model, torch"
+    subprocess.run([sys.executable, "-c", code], check=True, env=clean_env())
+
+
 def one_size(rows: int, features: int, csv_rows: int) -> dict:
     """Both sides on a fresh table of rows x features; prepare against pyarrow on it (and on a CSV of csv_rows)."""
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         table = tmp / "table.parquet"
         x_bytes = write_table(table, rows, features)
+        warm_libraries()
         ours = pipeline_side(table, tmp)
         reads = [prepare_against_pyarrow(table, tmp / "project")]
         if csv_rows:
             reads.append(prepare_against_pyarrow(csv_copy(table, csv_rows), tmp / "project"))
         shutil.rmtree(tmp / "project")  # its DVC cache and prepared arrays: the script gets the same free disk
+        warm_libraries()
         script = script_side(table, tmp)
     bound = 1.5 * x_bytes + 2**30
     mib = 2**20

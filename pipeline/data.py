@@ -232,10 +232,11 @@ def prepare_dir(
                 start = 0
                 for block in read_rows(tmp / "X_train.npy"):  # reads stay ahead of the writing
                     mask = is_test[start : start + block.shape[0]]
-                    train.write(block[~mask])
+                    kept = block[~mask]
+                    train.write(kept)
                     test.write(block[mask])
                     if standardize:
-                        moments.add(block[~mask])
+                        moments.add(kept)
                     start += block.shape[0]
             digests.update(X_train=train.sha256.digest(), X_test=test.sha256.digest())
             np.save(tmp / "y_test.npy", y[test_idx])

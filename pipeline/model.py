@@ -88,8 +88,6 @@ def folded_logits(
     model: BinaryClassifier, x: torch.Tensor, mean: torch.Tensor | None, scale: torch.Tensor | None
 ) -> torch.Tensor:
     """X @ (W / scale) + (b - (W / scale) . mean): the logit on raw rows, without a scaled copy of X."""
-    if scale is None:
-        return model.linear(x)
     return F.linear(x, *folded_weights(model, mean, scale))
 
 

@@ -172,41 +172,59 @@ def fused_pass(
     wide = torch.float32 if X.device.type == "mps" else torch.float64
     w, b = weight.detach().reshape(-1), bias.detach().reshape(())
     if X.device.type == "cpu":
-        logits, residual, grad_w = _cpu_blocks(X.numpy(), y.numpy(), w.numpy(), float(b))
-        logits, residual, grad_w = torch.from_numpy(logits), torch.from_numpy(residual), torch.from_numpy(grad_w)
-    else:
-        logits, residual = torch.empty_like(y), torch.empty_like(y)
-        grad_w = torch.zeros(X.shape[1], dtype=wide, device=X.device)
-        for start in range(0, X.shape[0], FUSED_ROWS):
-            block, rows = X[start : start + FUSED_ROWS], slice(start, start + FUSED_ROWS)
-            logits[rows] = torch.mv(block, w).add_(b)
-            residual[rows] = torch.sigmoid(logits[rows]).sub_(y[rows])
-            grad_w += torch.mv(block.T, residual[rows])
+        loss, grad_w, grad_b, hits = _cpu_blocks(X.numpy(), y.numpy(), w.numpy(), float(b), threshold)
+        as_wide = torch.tensor(loss, dtype=wide), torch.from_numpy(grad_w), torch.tensor(grad_b, dtype=wide)
+        return *as_wide, torch.tensor(hits)
+    logits, residual = torch.empty_like(y), torch.empty_like(y)
+    grad_w = torch.zeros(X.shape[1], dtype=wide, device=X.device)
+    for start in range(0, X.shape[0], FUSED_ROWS):
+        block, rows = X[start : start + FUSED_ROWS], slice(start, start + FUSED_ROWS)
+        logits[rows] = torch.mv(block, w).add_(b)
+        residual[rows] = torch.sigmoid(logits[rows]).sub_(y[rows])
+        grad_w += torch.mv(block.T, residual[rows])
     loss = F.binary_cross_entropy_with_logits(logits.to(wide), y.to(wide), reduction="sum")
     hits = ((torch.sigmoid(logits) >= threshold) == y).sum()
     return loss, grad_w, residual.sum(dtype=wide), hits
 
 
-def _cpu_blocks(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """fused_pass's block loop on the CPU: logits, residuals p - y, and the gradient X^T (p - y) in float64.
+def _cpu_blocks(
+    X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, threshold: float
+) -> tuple[float, np.ndarray, float, int]:
+    """fused_pass on the CPU: loss sum, X^T (p - y), sum(p - y) and hits, each block's share taken while in cache.
 
     numpy here, not torch: numpy's BLAS ran these block matrix-vector products at 0.9-1.2x memcpy on the 2-core
-    machine, torch's at 0.55-0.7x (benchmarks/scale.py prints the ratio).
+    machine, torch's at 0.55-0.7x (benchmarks/scale.py prints the ratio). Nothing as long as X is allocated: the
+    loss and hits over whole logit vectors after the loop cost as much as the loop itself (fresh pages, float64
+    copies), block-sized scratch vectors reused by every block cost about a tenth of it.
     """
-    logits, residual = np.empty_like(y), np.empty_like(y)
+    size = min(FUSED_ROWS, len(X))
+    z, r, s = (np.empty(size, np.float32) for _ in range(3))
+    hit = np.empty(size, bool)
     grad_w = np.zeros(X.shape[1])
+    loss = grad_b = 0.0
+    misses = 0
     with np.errstate(over="ignore"):  # exp(-z) = inf for a very negative logit: p is then 0, as it should be
-        for start in range(0, X.shape[0], FUSED_ROWS):
-            block, rows = X[start : start + FUSED_ROWS], slice(start, start + FUSED_ROWS)
-            z, r = logits[rows], residual[rows]
-            np.matmul(block, w, out=z)
-            z += b
-            np.exp(np.negative(z, out=r), out=r)
-            r += 1
-            np.reciprocal(r, out=r)
-            r -= y[rows]
-            grad_w += r @ block
-    return logits, residual, grad_w
+        for start in range(0, len(X), FUSED_ROWS):
+            block, yb = X[start : start + FUSED_ROWS], y[start : start + FUSED_ROWS]
+            k = len(yb)
+            zb, rb, sb, hb = z[:k], r[:k], s[:k], hit[:k]
+            np.matmul(block, w, out=zb)
+            zb += b
+            # Cross entropy from logits, stable at any z: log1p(exp(-|z|)) + max(z, 0) - y z. Each row's term is
+            # rounded to float32 as z already is; the sum is float64, as the line search compares values ~1e-9 apart.
+            np.exp(np.negative(np.abs(zb, out=sb), out=sb), out=sb)
+            np.log1p(sb, out=sb)
+            sb += np.maximum(zb, 0, out=rb)
+            sb -= np.multiply(yb, zb, out=rb)
+            loss += sb.sum(dtype=np.float64)
+            np.exp(np.negative(zb, out=rb), out=rb)  # p = 1 / (1 + exp(-z))
+            rb += 1
+            np.reciprocal(rb, out=rb)
+            misses += np.count_nonzero(np.not_equal(np.greater_equal(rb, threshold, out=hb), yb, out=hb))
+            rb -= yb
+            grad_b += rb.sum(dtype=np.float64)
+            grad_w += rb @ block
+    return loss, grad_w, grad_b, len(X) - misses
 
 
 class _FusedBCE(torch.autograd.Function):
@@ -374,13 +392,16 @@ def column_moments(X: torch.Tensor, shard: Shard, rows: int = 1 << 16) -> tuple[
     penalty and the unfolding use the same numbers, so E[x^2] - E[x]^2 is precise enough.
     """
     wide = torch.float32 if X.device.type == "mps" else torch.float64
-    sums = torch.zeros(2 * X.shape[1] + 1, dtype=wide, device=X.device)
-    for start in range(0, X.shape[0], rows):
-        block = X[start : start + rows]
-        ones = torch.ones(1, block.shape[0], dtype=block.dtype, device=block.device)
-        sums[: X.shape[1]] += (ones @ block)[0].to(wide)
-        sums[X.shape[1] : -1] += (ones @ block.square())[0].to(wide)
-        sums[-1] += block.shape[0]
+    if X.device.type == "cpu":
+        sums = torch.from_numpy(_cpu_sums(X.numpy()))
+    else:
+        sums = torch.zeros(2 * X.shape[1] + 1, dtype=wide, device=X.device)
+        for start in range(0, X.shape[0], rows):
+            block = X[start : start + rows]
+            ones = torch.ones(1, block.shape[0], dtype=block.dtype, device=block.device)
+            sums[: X.shape[1]] += (ones @ block)[0].to(wide)
+            sums[X.shape[1] : -1] += (ones @ block.square())[0].to(wide)
+            sums[-1] += block.shape[0]
     if shard.world > 1:
         import torch.distributed as dist
 
@@ -389,6 +410,23 @@ def column_moments(X: torch.Tensor, shard: Shard, rows: int = 1 << 16) -> tuple[
     std = (sums[X.shape[1] : -1] / sums[-1] - mean.square()).clamp_min(0).sqrt()
     std[std == 0] = 1.0
     return mean.to(torch.float32), std.to(torch.float32)
+
+
+def _cpu_sums(X: np.ndarray, rows: int = 1 << 12) -> np.ndarray:
+    """column_moments' sums on the CPU, [sum x, sum x^2, rows] in float64: numpy's BLAS, as in _cpu_blocks.
+
+    Small blocks (1.6 MB at 100 features) and one reused buffer keep each block's square in cache: torch
+    squaring 64k-row blocks into fresh memory took 4-6 fused passes' time, this takes about one.
+    """
+    ones, square = np.ones(rows, np.float32), np.empty((min(rows, len(X)), X.shape[1]), np.float32)
+    sums = np.zeros(2 * X.shape[1] + 1)
+    for start in range(0, len(X), rows):
+        block = X[start : start + rows]
+        k = len(block)
+        sums[: X.shape[1]] += ones[:k] @ block
+        sums[X.shape[1] : -1] += ones[:k] @ np.square(block, out=square[:k])
+    sums[-1] = len(X)
+    return sums
 
 
 def _unfold(model: BinaryClassifier, mean: torch.Tensor, scale: torch.Tensor) -> None:

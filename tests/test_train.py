@@ -10,7 +10,16 @@ import torch
 from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes, load_checkpoint, predict_proba
 from pipeline.params import load_params
 from pipeline.sources import open_source
-from pipeline.training import FUSED_ROWS, DeviceError, fused_pass, resolve_device, sgd_step, train
+from pipeline.training import (
+    FUSED_ROWS,
+    DeviceError,
+    Shard,
+    column_moments,
+    fused_pass,
+    resolve_device,
+    sgd_step,
+    train,
+)
 
 from .conftest import prepared
 
@@ -241,6 +250,35 @@ def test_fused_pass_equals_autograd_and_sklearn():
     proba = 1 / (1 + np.exp(-(X.numpy().astype(np.float64) @ w.numpy() + b.item())))
     assert abs(loss.item() / n - log_loss(y.numpy(), proba)) < 1e-6
 
+
+
+def test_fused_pass_is_finite_and_exact_at_logits_beyond_float32_exp():
+    # |z| up to ~300: exp(-z) overflows float32 for z < -88, and 1 + exp(-z) rounds to 1 for z > 17
+    rng = np.random.default_rng(1)
+    X = torch.from_numpy(rng.normal(0.0, 100.0, (FUSED_ROWS + 7, 3)).astype(np.float32))
+    y = torch.from_numpy((rng.random(len(X)) < 0.5).astype(np.float32))
+    w, b = torch.tensor([1.0, -0.5, 0.25]), torch.tensor(3.0)
+    loss, grad_w, grad_b, hits = fused_pass(X, y, w, b, 0.3)
+    logits = (X.double() @ w.double() + b.double()).requires_grad_()
+    reference = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.double(), reduction="sum")
+    reference.backward()
+    assert np.isfinite(loss.item()) and abs(loss.item() - reference.item()) < 1e-5 * reference.item()
+    assert abs(grad_b.item() - logits.grad.sum().item()) < 1e-3
+    np.testing.assert_allclose(grad_w.numpy(), (X.double().T @ logits.grad).numpy(), rtol=1e-4, atol=1e-2)
+    assert hits.item() == int(((torch.sigmoid(logits.detach()) >= 0.3) == y).sum())
+
+
+def test_column_moments_over_many_blocks_equal_numpys_in_float64():
+    rng = np.random.default_rng(2)
+    # E[x^2] - E[x]^2 from float32 block sums: offsets within ten scales, as any positive scale serves
+    X = rng.normal(rng.uniform(-20, 20, 6), rng.uniform(2, 10, 6), (3 * 4096 + 5, 6)).astype(np.float32)
+    X[:, 2] = 7.0  # a constant column: scale 1, not 0
+    mean, scale = column_moments(torch.from_numpy(X), Shard())
+    wide = X.astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), wide.mean(axis=0), atol=1e-4)
+    expected = wide.std(axis=0)
+    expected[2] = 1.0
+    np.testing.assert_allclose(scale.numpy(), expected, rtol=1e-3)
 
 def test_lbfgs_fused_equals_an_unfused_lbfgs_and_sklearn_within_1e_3():
     X, y, mean, scale = standardized_breast_cancer()

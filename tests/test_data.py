@@ -97,6 +97,10 @@ def test_positive_names_the_label_that_means_one(tmp_path):
     assert from_parquet.y_train.tolist() == [0, 1]
     booleans = prepared(source(str(tmp_path / "t.parquet"), label="ok", features=["x1"]), tmp_path / "r")
     assert booleans.y_train.tolist() == [1, 0]  # a boolean label: True is 1
+    # a null text label is missing, not the negative class
+    pd.DataFrame({"x1": [1.0, 2.0, 3.0], "answer": ["no", None, "yes"]}).to_parquet(tmp_path / "n.parquet")
+    with pytest.raises(data.TableError, match=r"n.parquet, row 2, column 'answer': missing label"):
+        prepared(source(str(tmp_path / "n.parquet"), label="answer", positive="yes"), tmp_path / "s")
     with pytest.raises(data.TableError, match="prepare.positive: synthetic's labels are 0/1 already"):
         source("synthetic", n_samples=10, n_features=2, positive="1")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +197,67 @@ def _digest(meta: dict, arrays: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
+def labels_first(source: Source, test_size: float, missing: str) -> np.ndarray | None:
+    """Every label before any row, where that is cheap and fixes the split; None where it is not.
+
+    Cheap and fixing: the source reads its label column alone, a test split is asked for and no row can be
+    dropped (a missing value is an error). A label that is missing or not 0/1 gives None too: the row-by-row
+    pass reports it with its row.
+    """
+    if source.labels is None or test_size == 0 or missing != "error":
+        return None
+    y = source.labels()
+    return y if ((y == 0) | (y == 1)).all() else None
+
+
+def checked_rows(source: Source, y: np.ndarray) -> Iterator[np.ndarray]:
+    """The source's feature rows, validated (none may be dropped), checked against the labels read up front."""
+    start = 0
+    for chunk in source.chunks():
+        kept, _ = check_chunk(chunk, source, "error")
+        if not np.array_equal(kept.y, y[start : start + kept.y.shape[0]]):
+            raise TableError(f"{source.origin}: changed while it was read (labels from row {chunk.first_row} differ)")
+        start += kept.y.shape[0]
+        yield kept.X
+    if start != y.shape[0]:
+        raise TableError(f"{source.origin}: changed while it was read ({y.shape[0]} labels, {start} rows)")
+
+
+def write_all(path: Path, source: Source, missing: str, hashed: bool) -> tuple[np.ndarray, int, bytes | None]:
+    """Every row the source keeps, to one file; returns the labels, the rows dropped and the rows' sha256."""
+    labels, dropped = [], 0
+    with NpyWriter(path, len(source.features), hashed=hashed) as out:
+        for chunk in source.chunks():
+            kept, n = check_chunk(chunk, source, missing)
+            out.write(kept.X)
+            labels.append(kept.y)
+            dropped += n
+    y = np.concatenate(labels) if labels else np.empty(0, np.float32)
+    return y, dropped, None if out.sha256 is None else out.sha256.digest()
+
+
+def write_split(
+    directory: Path, n_columns: int, blocks: Iterable[np.ndarray], is_test: np.ndarray, moments: Moments | None,
+    in_place: bool,
+) -> dict[str, bytes]:  # fmt: skip
+    """Blocks of rows in file order: train rows to X_train.npy (and to the moments), test rows to X_test.npy.
+
+    `in_place`: the blocks are read from X_train.npy itself, ahead of the writing. Returns both files' sha256.
+    """
+    X_train, X_test = directory / "X_train.npy", directory / "X_test.npy"
+    with NpyWriter(X_train, n_columns, in_place=in_place) as train, NpyWriter(X_test, n_columns) as test:
+        start = 0
+        for block in blocks:
+            mask = is_test[start : start + block.shape[0]]
+            kept = block[~mask]
+            train.write(kept)
+            test.write(block[mask])
+            if moments is not None:
+                moments.add(kept)
+            start += block.shape[0]
+    return {"X_train": train.sha256.digest(), "X_test": test.sha256.digest()}
+
+
 def prepare_dir(
     out: str | Path, source: Source, test_size: float, seed: int, standardize: bool, missing: str
 ) -> dict:
@@ -210,39 +271,24 @@ def prepare_dir(
     meta: dict = {}
 
     def fill(tmp: Path) -> None:
-        d = len(source.features)
-        labels, dropped = [], 0
-        # every row; a test split moves out of it below (and the train rows' digest is taken then)
-        with NpyWriter(tmp / "X_train.npy", d, hashed=test_size == 0) as everything:
-            for chunk in source.chunks():
-                kept, n = check_chunk(chunk, source, missing)
-                everything.write(kept.X)
-                labels.append(kept.y)
-                dropped += n
-        y = np.concatenate(labels) if labels else np.empty(0, np.float32)
+        d, moments, dropped = len(source.features), Moments(len(source.features)), 0
+        y = labels_first(source, test_size, missing)
+        streamed = y is not None  # the split known before any row: each row goes straight to its file
+        if not streamed:  # every row to X_train.npy; a test split moves out of it below
+            y, dropped, everything = write_all(tmp / "X_train.npy", source, missing, hashed=test_size == 0)
         check_labels(y, source)
         train_idx, test_idx = stratified_split(y, test_size, seed)
-        moments, digests = Moments(len(source.features)), {}
         if test_idx.size:
-            # One pass over the rows in file order: test rows copied out, train rows moved forward in the same
-            # file, so X is written once (plus the test split), not once whole and again split.
+            # One pass in file order, test rows out and train rows on, straight from the source or moved forward
+            # in X_train.npy itself: X is written once (at most plus the test split), never whole and again split.
             is_test = np.zeros(y.shape[0], dtype=bool)
             is_test[test_idx] = True
-            with NpyWriter(tmp / "X_train.npy", d, in_place=True) as train, NpyWriter(tmp / "X_test.npy", d) as test:
-                start = 0
-                for block in read_rows(tmp / "X_train.npy"):  # reads stay ahead of the writing
-                    mask = is_test[start : start + block.shape[0]]
-                    kept = block[~mask]
-                    train.write(kept)
-                    test.write(block[mask])
-                    if standardize:
-                        moments.add(kept)
-                    start += block.shape[0]
-            digests.update(X_train=train.sha256.digest(), X_test=test.sha256.digest())
+            blocks = checked_rows(source, y) if streamed else read_rows(tmp / "X_train.npy")
+            digests = write_split(tmp, d, blocks, is_test, moments if standardize else None, in_place=not streamed)
             np.save(tmp / "y_test.npy", y[test_idx])
             digests["y_test"] = hashlib.sha256(y[test_idx]).digest()
         else:  # the tutorial: evaluate on the training rows, stored once
-            digests["X_train"] = everything.sha256.digest()
+            digests = {"X_train": everything}
             for block in read_rows(tmp / "X_train.npy") if standardize else ():
                 moments.add(block)
         np.save(tmp / "y_train.npy", y[train_idx])

@@ -239,18 +239,34 @@ def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path,
     frame = pd.DataFrame(rng.normal(size=(2000, 3)).astype(np.float32), columns=["a", "b", "c"])
     frame["y"] = rng.integers(0, 2, 2000)
     frame.to_parquet(tmp_path / "t.parquet")
-    meta = data.prepare_dir(tmp_path / "prep", source(str(tmp_path / "t.parquet")), 0.3, 4, True, "error")
-    p = data.load_prepared(tmp_path / "prep")
     train, test = data.stratified_split(frame["y"].to_numpy(np.float32), 0.3, seed=4)
     X, y = frame[["a", "b", "c"]].to_numpy(), frame["y"].to_numpy(np.float32)
-    np.testing.assert_array_equal(p.X_train, X[train])
-    np.testing.assert_array_equal(p.X_test, X[test])
-    np.testing.assert_array_equal(p.y_train, y[train])
-    np.testing.assert_array_equal(p.y_test, y[test])
-    assert (tmp_path / "prep" / "X_train.npy").stat().st_size == 128 + 4 * 3 * train.size  # the moved-out tail cut
-    np.testing.assert_allclose(meta["mean"], X[train].mean(axis=0, dtype=np.float64), atol=1e-7)  # a float32 shift
-    np.testing.assert_allclose(meta["scale"], X[train].std(axis=0, dtype=np.float64), rtol=1e-6)
+    # error: the Parquet labels read first, each row written straight to its split; drop: moved after
+    for missing in ("error", "drop"):
+        meta = data.prepare_dir(tmp_path / missing, source(str(tmp_path / "t.parquet")), 0.3, 4, True, missing)
+        p = data.load_prepared(tmp_path / missing)
+        np.testing.assert_array_equal(p.X_train, X[train])
+        np.testing.assert_array_equal(p.X_test, X[test])
+        np.testing.assert_array_equal(p.y_train, y[train])
+        np.testing.assert_array_equal(p.y_test, y[test])
+        assert (tmp_path / missing / "X_train.npy").stat().st_size == 128 + 4 * 3 * train.size  # no tail left
+        np.testing.assert_allclose(meta["mean"], X[train].mean(axis=0, dtype=np.float64), atol=1e-7)  # float32 shift
+        np.testing.assert_allclose(meta["scale"], X[train].std(axis=0, dtype=np.float64), rtol=1e-6)
 
+
+def test_labels_read_first_must_match_the_rows(tmp_path):
+    frame = pd.DataFrame({"a": np.arange(6, dtype=np.float32), "y": [0, 1, 0, 1, 0, 1]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    table = source(str(tmp_path / "t.parquet"))
+    np.testing.assert_array_equal(table.labels(), frame["y"].to_numpy(np.float32))
+    for labels, message in (
+        (np.array([0, 1, 0, 1, 1, 0], np.float32), r"changed while it was read \(labels from row 1 differ\)"),
+        (np.array([0, 1, 0, 1, 0, 1, 0, 1], np.float32), r"changed while it was read \(8 labels, 6 rows\)"),
+    ):
+        changed = data.Source(table.origin, table.label, table.features, table.chunks, lambda labels=labels: labels)
+        with pytest.raises(data.TableError, match=message):
+            data.prepare_dir(tmp_path / "prep", changed, 0.5, 1, False, "error")
+        assert not (tmp_path / "prep").exists()
 
 def test_synthetic_is_a_function_of_seed_and_row_index(tmp_path, monkeypatch):
     from pipeline import sources

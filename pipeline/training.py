@@ -193,9 +193,9 @@ def _cpu_blocks(
     """fused_pass on the CPU: loss sum, X^T (p - y), sum(p - y) and hits, each block's share taken while in cache.
 
     numpy here, not torch: numpy's BLAS ran these block matrix-vector products at 0.9-1.2x memcpy on the 2-core
-    machine, torch's at 0.55-0.7x (benchmarks/scale.py prints the ratio). Nothing as long as X is allocated: the
-    loss and hits over whole logit vectors after the loop cost as much as the loop itself (fresh pages, float64
-    copies), block-sized scratch vectors reused by every block cost about a tenth of it.
+    machine, torch's at 0.55-0.7x (benchmarks/scale.py prints the ratio). Nothing of X's length is allocated:
+    the loss and hits taken over whole logit vectors after the loop cost as much as the loop itself (fresh pages,
+    float64 copies); on block-sized scratch vectors that every block reuses they cost about a tenth of it.
     """
     size = min(FUSED_ROWS, len(X))
     z, r, s = (np.empty(size, np.float32) for _ in range(3))

@@ -72,6 +72,13 @@ def scores(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str,
     return {k: result[k] for k in METRICS}
 
 
+def cost_and_accuracy(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Mean log loss and accuracy, what a training history records: no ranking (sorting 8M rows takes seconds)."""
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(proba, dtype=np.float64)
+    return float(np.mean(row_log_loss(y, p))), float(np.mean((p >= threshold) == y))
+
+
 @dataclass(frozen=True)
 class Curves:
     """One model's evaluation curves in a bounded size: ROC and precision-recall on GRID, calibration bins."""

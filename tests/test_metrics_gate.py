@@ -5,7 +5,7 @@ import pytest
 from sklearn import metrics
 
 from pipeline import gate, store
-from pipeline.metrics import fit_baseline, scores
+from pipeline.metrics import cost_and_accuracy, fit_baseline, scores
 from pipeline.params import BaselineParams
 from pipeline.stages import project_root
 
@@ -29,6 +29,8 @@ def test_scores_match_scikit_learn(n):
     assert ours.keys() == reference.keys()
     for key, value in reference.items():
         assert ours[key] == pytest.approx(value, abs=1e-12), key
+    cost, accuracy = cost_and_accuracy(y, proba, 0.5)  # a training history's pair, without the ranking
+    assert cost == ours["log_loss"] and accuracy == ours["accuracy"]
 
 
 def test_baseline_is_scikit_learn_logistic_regression():

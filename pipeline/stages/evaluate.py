@@ -49,7 +49,8 @@ def score(data_dir: Path, model_path: Path, params: BaselineParams) -> Scored:
             standardize(block, config, out=X_train[start : start + block.shape[0]])
             start += block.shape[0]
     baseline = metrics.fit_baseline(X_train, prepared.y_train, params)
-    on_train = metrics.scores(prepared.y_train, metrics.baseline_proba(baseline, X_train), config.threshold)
+    on_train = metrics.baseline_proba(baseline, X_train)
+    cost, accuracy = metrics.cost_and_accuracy(prepared.y_train, on_train, config.threshold)
     del X_train
     X_test, rows = prepared.X_test, data.CHUNK_ROWS
     blocks = (standardize(X_test[i : i + rows], config) for i in range(0, X_test.shape[0], rows))
@@ -61,7 +62,7 @@ def score(data_dir: Path, model_path: Path, params: BaselineParams) -> Scored:
     return Scored(
         {k: metrics.scores(y, p, config.threshold) for k, p in probabilities.items()},
         {FAMILIES[k]: metrics.curves(y, p, config.threshold) for k, p in probabilities.items()},
-        {"cost": on_train["log_loss"], "accuracy": on_train["accuracy"]},
+        {"cost": cost, "accuracy": accuracy},
         int(y.shape[0]),
     )
 

@@ -49,8 +49,8 @@ def score(data_dir: Path, model_path: Path, params: BaselineParams) -> Scored:
             standardize(block, config, out=X_train[start : start + block.shape[0]])
             start += block.shape[0]
     baseline = metrics.fit_baseline(X_train, prepared.y_train, params)
-    on_train = metrics.baseline_proba(baseline, X_train)
-    cost, accuracy = metrics.cost_and_accuracy(prepared.y_train, on_train, config.threshold)
+    train_proba = metrics.baseline_proba(baseline, X_train)
+    cost, accuracy = metrics.cost_and_accuracy(prepared.y_train, train_proba, config.threshold)
     del X_train
     X_test, rows = prepared.X_test, data.CHUNK_ROWS
     blocks = (standardize(X_test[i : i + rows], config) for i in range(0, X_test.shape[0], rows))

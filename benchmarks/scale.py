@@ -9,10 +9,11 @@ On a seeded synthetic table (written by the prepare stage's own code), in one pr
   - scikit-learn's lbfgs and newton-cholesky on a pre-scaled float32 copy (the copy untimed): our time to the
     best log-loss + 1e-4 over the faster of the two is `ratio_to_best_sklearn`
   - the peak RSS of the whole train stage (`python -m pipeline train`, parent and child), against X's size
-Prints a table, writes JSON, and ends with `ratio_to_sklearn: X` (our time to L + 1e-4 / sklearn's fit time on the
-raw features), `ratio_to_best_sklearn: Y` and `pass_bandwidth_ratio: Z`.
+Every fit, ours and scikit-learn's, is timed as the best of --rounds (3): on a shared VM one run can be twice
+another. Prints a table, writes JSON, and ends with `ratio_to_sklearn: X` (our time to L + 1e-4 / sklearn's fit
+time on the raw features), `ratio_to_best_sklearn: Y` and `pass_bandwidth_ratio: Z`.
 
-    python benchmarks/scale.py --rows 1000000 --features 100 [--device cpu|cuda] [--json scale.json]
+    python benchmarks/scale.py --rows 1000000 --features 100 [--device cpu|cuda] [--rounds 3] [--json scale.json]
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def sklearn_fit(X: np.ndarray, y: np.ndarray, baseline, solver: str | None = None) -> tuple[float, float, int]:
-    """Fit time, training log-loss and iterations of scikit-learn's LogisticRegression on the same arrays."""
+def sklearn_fit(X: np.ndarray, y: np.ndarray, baseline, solver: str, rounds: int) -> tuple[float, float, int]:
+    """Best fit time of `rounds`, training log-loss and iterations of scikit-learn's LogisticRegression."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    model = LogisticRegression(C=baseline.C, solver=solver or baseline.solver, max_iter=baseline.max_iter)
-    seconds = _timed(lambda: model.fit(X, y))
+    model = LogisticRegression(C=baseline.C, solver=solver, max_iter=baseline.max_iter)
+    seconds = min(_timed(lambda: model.fit(X, y)) for _ in range(rounds))
     return seconds, float(log_loss(y, model.predict_proba(X)[:, 1])), int(model.n_iter_[0])
 
 
@@ -65,7 +66,13 @@ def pass_and_memcpy_seconds(X: np.ndarray, y: np.ndarray, rounds: int = 7) -> tu
     return min(t for t, _ in times), min(t for _, t in times)
 
 
-def ours(X: np.ndarray, y: np.ndarray, params, target: float) -> dict:
+def ours(X: np.ndarray, y: np.ndarray, params, target: float, rounds: int) -> dict:
+    """The best of `rounds` trainings to the target (the same passes each time: only the machine varies)."""
+    runs = [ours_once(X, y, params, target) for _ in range(rounds)]
+    return min(runs, key=lambda run: run["seconds_to_target"] or float("inf"))
+
+
+def ours_once(X: np.ndarray, y: np.ndarray, params, target: float) -> dict:
     """Train with lbfgs; when each evaluation's log-loss is known, note the time; find the first <= target."""
     import torch
 
@@ -124,6 +131,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=Path("scale.json"))
+    parser.add_argument("--rounds", type=int, default=3, help="each fit's best time of this many, on both sides")
     opts = parser.parse_args()
 
     from pipeline.data import load_prepared, prepare_dir
@@ -145,17 +153,18 @@ def main() -> None:
         prepare_s = _timed(lambda: prepare_dir(tmp / "prepared", source, 0.0, params.prepare.seed, False, "error"))
         prepared = load_prepared(tmp / "prepared")
         X, y = prepared.X_train, prepared.y_train
-        sk_seconds, sk_loss, sk_iter = sklearn_fit(X, y, params.evaluate.baseline)
+        baseline, rounds = params.evaluate.baseline, opts.rounds
+        sk_seconds, sk_loss, sk_iter = sklearn_fit(X, y, baseline, baseline.solver, rounds)
         # The same fit on a standardised float32 copy (made outside the timer): scikit-learn at its best, with
         # the faster of lbfgs and newton-cholesky. Ours starts from the raw features and its own scaling is timed.
         std_copy = ((X - X.mean(axis=0)) / X.std(axis=0)).astype(np.float32)
-        std_seconds, std_loss, std_iter = sklearn_fit(std_copy, y, params.evaluate.baseline, "lbfgs")
-        newton_seconds, newton_loss, newton_iter = sklearn_fit(std_copy, y, params.evaluate.baseline, "newton-cholesky")
+        std_seconds, std_loss, std_iter = sklearn_fit(std_copy, y, baseline, "lbfgs", rounds)
+        newton_seconds, newton_loss, newton_iter = sklearn_fit(std_copy, y, baseline, "newton-cholesky", rounds)
         del std_copy
         one_pass, copy_seconds = pass_and_memcpy_seconds(X, y)
         bandwidth = X.nbytes / copy_seconds
         sk_loss = min(sk_loss, std_loss, newton_loss)  # the target: the best log-loss any of them reached
-        run = ours(X, y, params.train, sk_loss + TARGET_GAP)
+        run = ours(X, y, params.train, sk_loss + TARGET_GAP, rounds)
         stage_s, stage_rss = stage_peak_rss(tmp / "prepared", tmp, overrides)
 
     reached = run["seconds_to_target"]

@@ -30,6 +30,7 @@ bench: $(STAMP)
 	python benchmarks/repro_time.py
 	python benchmarks/serving.py
 	python benchmarks/scale.py --rows 1000000 --features 100 --json scale.json
+	python benchmarks/pipeline_scale.py --rows 1000000 --features 100 --json pipeline_scale.json
 
 ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000

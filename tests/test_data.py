@@ -267,6 +267,11 @@ def test_labels_read_first_must_match_the_rows(tmp_path):
         with pytest.raises(data.TableError, match=message):
             data.prepare_dir(tmp_path / "prep", changed, 0.5, 1, False, "error")
         assert not (tmp_path / "prep").exists()
+    frame.loc[4, "a"] = np.nan  # the rows streamed after the labels are validated as ever
+    frame.to_parquet(tmp_path / "nan.parquet")
+    with pytest.raises(data.TableError, match=r"nan.parquet, row 5, column 'a': missing, NaN or infinite value"):
+        data.prepare_dir(tmp_path / "prep", source(str(tmp_path / "nan.parquet")), 0.5, 1, False, "error")
+    assert not (tmp_path / "prep").exists()
 
 def test_synthetic_is_a_function_of_seed_and_row_index(tmp_path, monkeypatch):
     from pipeline import sources

@@ -53,7 +53,12 @@ def test_dvc_queue_with_two_workers_on_a_new_store(project):
     (project / "mlflow.db").unlink()
     for lr in ("0.5", "0.25"):
         dvc(project, "exp", "run", "--queue", "-S", f"train.lr={lr}")
-    dvc(project, "exp", "run", "--run-all", "-j", "2")
+    ran = dvc(project, "exp", "run", "--run-all", "-j", "2")
+    # DVC exits 0 when a queued experiment fails: its log says why
+    queue = dvc(project, "queue", "status").stdout
+    logs = "".join(dvc(project, "queue", "logs", line.split()[0], ok=False).stdout
+                   for line in queue.splitlines()[1:] if "Failed" in line)  # fmt: skip
+    assert "Failed" not in ran.stdout + ran.stderr + queue, f"{ran.stdout}{ran.stderr}\n{queue}\n{logs}"
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)

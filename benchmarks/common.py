@@ -42,11 +42,11 @@ def _tree(pid: int) -> list[int]:
     """pid and its descendants, from /proc (children of every thread)."""
     pids, i = [pid], 0
     while i < len(pids):
-        for task in Path(f"/proc/{pids[i]}/task").glob("*/children"):
-            try:
-                pids += [int(c) for c in task.read_text().split()]
-            except OSError:  # the thread or process ended meanwhile
-                pass
+        try:
+            tasks = list(Path(f"/proc/{pids[i]}/task").glob("*/children"))
+        except OSError:  # the process ended meanwhile
+            tasks = []
+        pids += [int(c) for task in tasks for c in _read(str(task)).split()]  # b"" if the thread ended
         i += 1
     return pids
 

@@ -18,6 +18,7 @@ from pipeline.tables import (
     file_format,
     float32_rows,
     parquet_metadata,
+    read_ahead,
     read_blocks,
 )
 
@@ -61,9 +62,11 @@ def score_file(
     writer = _csv_writer if file_format(out) == "csv" else _parquet_writer
     n = 0
     with files.replacing(out) as tmp, writer(tmp) as write:
-        # The reader prepare uses, the features parsed as numbers.
-        for block in read_blocks(source.path, list(source.columns), needed, list(features), rows, {}):
-            X = float32_rows(block.batch, list(features), str(source.path), block.first_row, finite=True)
+        # The reader prepare uses, the features parsed as numbers; the next block read while this one is scored.
+        blocks = read_blocks(source.path, list(source.columns), needed, list(features), rows, {})
+        where = str(source.path)
+        checked = ((b, float32_rows(b.batch, list(features), where, b.first_row, finite=True)) for b in blocks)
+        for block, X in read_ahead(checked):
             proba, label = score(X)
             write(_outputs(block.batch.select(list(keep)), proba, label))
             n += len(proba)

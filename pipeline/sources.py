@@ -19,6 +19,7 @@ from pipeline.tables import (
     file_format,
     float32_rows,
     parquet_metadata,
+    read_ahead,
     read_blocks,
 )
 
@@ -103,11 +104,14 @@ def _file_source(path: Path, header: list[str], chosen: tuple[str, ...], label: 
     hints = {} if positive is not None else {label: LABEL_HINT}
     rows = CHUNK_ROWS if file_format(path) == "parquet" else None  # a CSV: as parsed, 16 MiB at a time
 
-    def chunks() -> Iterator[Chunk]:
+    def parsed() -> Iterator[Chunk]:
         for block in read_blocks(path, header, [label, *chosen], numbers, rows, hints):
             y = _labels(block.batch.column(label), positive)
             X = float32_rows(block.batch, list(chosen), str(path), block.first_row, finite=False)  # NaN: missing
             yield Chunk(X, y, block.first_row)
+
+    def chunks() -> Iterator[Chunk]:  # the next chunk parsed while prepare checks and writes this one
+        return read_ahead(parsed())
 
     def labels() -> np.ndarray:  # one Parquet column alone: about a hundredth of the reading at 100 features
         blocks = read_blocks(path, header, [label], [], rows, hints)

@@ -291,3 +291,32 @@ def test_synthetic_is_a_function_of_seed_and_row_index(tmp_path, monkeypatch):
         np.testing.assert_array_equal(again.y_train, one.y_train)
     longer = table(1500, chunk=300, block=256)  # a longer table extends the shorter one
     np.testing.assert_array_equal(longer.X_train[:1000], one.X_train)
+
+
+def test_read_ahead_keeps_order_raises_at_the_failing_item_and_stops_early():
+    from pipeline.tables import TableError, read_ahead
+
+    assert list(read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+    assert list(read_ahead(iter([]))) == []
+
+    def failing():
+        yield from (1, 2)
+        raise TableError("t.csv, row 4, column 'x': not a number: 'a'")
+
+    seen = []
+    with pytest.raises(TableError, match="row 4"):
+        for item in read_ahead(failing()):
+            seen.append(item)
+    assert seen == [1, 2]  # the items before the bad one all arrived
+
+    made = []
+
+    def endless():
+        while True:
+            made.append(len(made))
+            yield made[-1]
+
+    ahead = read_ahead(endless())
+    assert [next(ahead), next(ahead)] == [0, 1]
+    ahead.close()  # a consumer that stops early: the worker finishes the one item in flight and no more
+    assert len(made) == 3

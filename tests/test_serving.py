@@ -507,6 +507,23 @@ def test_batch_scoring_errors_name_the_cell_and_keep_earlier_output(registered, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
 
 
+@pytest.mark.parametrize("name", ["in.csv", "in.parquet"])
+def test_batch_scoring_error_in_a_later_chunk_names_its_row_and_keeps_earlier_output(registered, tmp_path, name):
+    """Chunks are read one ahead on another thread: a bad cell there still stops the scoring at its own row."""
+    frame = pd.DataFrame({"x1": np.arange(30, dtype=float), "x2": 1.0})
+    frame.loc[22, "x2"] = np.nan  # the fourth chunk of 7 rows
+    src = tmp_path / name
+    frame.to_csv(src, index=False) if name.endswith(".csv") else frame.to_parquet(src)
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"earlier output")
+    result = predict_cli(registered, "--input", str(src), "--output", str(out), "--batch-rows", "7")
+    row = 24 if name.endswith(".csv") else 23  # a CSV's header is line 1; a Parquet file counts rows from 1
+    assert result.exit_code == 1, result.output
+    assert f"{name}, row {row}, column 'x2': missing, NaN or infinite value" in result.output
+    assert out.read_bytes() == b"earlier output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.parquet"])
+
+
 @pytest.mark.parametrize("cell", ["abc", "True", "1e39", "", "inf"])
 def test_a_bad_cell_gets_the_same_words_from_prepare_batch_scoring_and_the_server(registered, server, tmp_path, cell):
     from pipeline import data

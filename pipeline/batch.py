@@ -63,9 +63,9 @@ def score_file(
     n = 0
     with files.replacing(out) as tmp, writer(tmp) as write:
         # The reader prepare uses, the features parsed as numbers; the next block read while this one is scored.
-        blocks = read_blocks(source.path, list(source.columns), needed, list(features), rows, {})
-        where = str(source.path)
-        checked = ((b, float32_rows(b.batch, list(features), where, b.first_row, finite=True)) for b in blocks)
+        columns, where = list(features), str(source.path)
+        blocks = read_blocks(source.path, list(source.columns), needed, columns, rows, {})
+        checked = ((b, float32_rows(b.batch, columns, where, b.first_row, finite=True)) for b in blocks)
         for block, X in read_ahead(checked):
             proba, label = score(X)
             write(_outputs(block.batch.select(list(keep)), proba, label))

@@ -273,6 +273,7 @@ def test_labels_read_first_must_match_the_rows(tmp_path):
         data.prepare_dir(tmp_path / "prep", source(str(tmp_path / "nan.parquet")), 0.5, 1, False, "error")
     assert not (tmp_path / "prep").exists()
 
+
 def test_synthetic_is_a_function_of_seed_and_row_index(tmp_path, monkeypatch):
     from pipeline import sources
 

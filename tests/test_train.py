@@ -251,7 +251,6 @@ def test_fused_pass_equals_autograd_and_sklearn():
     assert abs(loss.item() / n - log_loss(y.numpy(), proba)) < 1e-6
 
 
-
 def test_fused_pass_is_finite_and_exact_at_logits_beyond_float32_exp():
     # |z| up to ~300: exp(-z) overflows float32 for z < -88, and 1 + exp(-z) rounds to 1 for z > 17
     rng = np.random.default_rng(1)
@@ -279,6 +278,7 @@ def test_column_moments_over_many_blocks_equal_numpys_in_float64():
     expected = wide.std(axis=0)
     expected[2] = 1.0
     np.testing.assert_allclose(scale.numpy(), expected, rtol=1e-3)
+
 
 def test_lbfgs_fused_equals_an_unfused_lbfgs_and_sklearn_within_1e_3():
     X, y, mean, scale = standardized_breast_cancer()

@@ -2,12 +2,15 @@
 
 Rows stream from pipeline.sources in chunks into a .npy file on disk, so a table of any size is
 held in memory at most once (as the page cache of that file), never as a Python or pandas copy.
+With standardisation on, the arrays are standardised in place once the train split's statistics are known:
+train and scikit-learn's baseline read the same arrays, and no stage makes a scaled copy of X.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +21,15 @@ from pipeline import files
 from pipeline.sources import CHUNK_ROWS, Chunk, Source
 from pipeline.tables import TableError
 
-__all__ = ["Prepared", "TableError", "array_path", "load_prepared", "prepare_dir", "read_meta", "read_rows"]
+__all__ = [
+    "Prepared", "TableError", "array_path", "load_prepared", "prepare_dir", "raw_rows", "read_meta", "read_rows",
+    "scale_rows",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """The prepared splits (memory-mapped) plus what every later consumer needs to apply to raw features."""
+    """The prepared splits (memory-mapped), their features, and the standardisation they were written with."""
 
     X_train: np.ndarray
     y_train: np.ndarray
@@ -33,7 +39,7 @@ class Prepared:
     label: str
     source: str
     evaluated_on: str  # "test", or "train" when test_size is 0 (the tutorial)
-    mean: tuple[float, ...] | None
+    mean: tuple[float, ...] | None  # X = (raw - mean) / scale; None: X holds the raw features
     scale: tuple[float, ...] | None
     sha256: str = ""
 
@@ -170,11 +176,43 @@ class Moments:
         self.n += block.shape[0]
 
     def result(self) -> tuple[list[float], list[float]]:
-        """Mean and population standard deviation; constant columns get scale 1."""
+        """Mean and population standard deviation, as the float32 values X is scaled with; constant columns: 1."""
         offset = self.sums / self.n
-        scale = np.sqrt(np.maximum(self.squares / self.n - offset**2, 0.0))
+        scale = np.sqrt(np.maximum(self.squares / self.n - offset**2, 0.0)).astype(np.float32)
         scale[scale == 0] = 1.0
-        return (self.shift + offset).tolist(), scale.tolist()
+        return (self.shift + offset).astype(np.float32).tolist(), scale.tolist()
+
+
+def scale_rows(X: np.ndarray, mean: list[float], scale: list[float], out: np.ndarray | None = None) -> np.ndarray:
+    """(X - mean) / scale in float32, into `out` if given."""
+    out = np.subtract(X, np.asarray(mean, dtype=np.float32), out=out, dtype=np.float32)
+    return np.divide(out, np.asarray(scale, dtype=np.float32), out=out)
+
+
+def scale_file(path: Path, mean: list[float], scale: list[float]) -> None:
+    """Standardise a float32 .npy in place, CHUNK_ROWS at a time by plain reads and writes (no memory map).
+
+    Over the page cache prepare has just written: 1.7-2.0 s for 3.2 GB here, where evaluate's scaled copy of
+    the same rows cost 8.7 s (fresh memory, faulted in page by page on these VMs).
+    """
+    with path.open("r+b", buffering=0) as fh:
+        fmt = np.lib.format
+        read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+        (n, d), _, _ = read_header(fh)
+        position, buffer = fh.tell(), np.empty((min(CHUNK_ROWS, n), d), dtype=np.float32)
+        for start in range(0, n, CHUNK_ROWS):
+            block = buffer[: min(CHUNK_ROWS, n - start)]
+            if os.preadv(fh.fileno(), [block], position) != block.nbytes:
+                raise OSError(f"{path}: shorter than its header says")
+            scale_rows(block, mean, scale, out=block)
+            os.pwrite(fh.fileno(), block, position)
+            position += block.nbytes
+
+
+def raw_rows(prepared: Prepared, X: np.ndarray) -> np.ndarray:
+    """Prepared rows back as raw features, in float64 (within float32 rounding of the source's values)."""
+    X = np.asarray(X, dtype=np.float64)
+    return X if prepared.mean is None else X * np.asarray(prepared.scale) + np.asarray(prepared.mean)
 
 
 def read_rows(path: Path) -> Iterator[np.ndarray]:
@@ -190,7 +228,7 @@ def read_rows(path: Path) -> Iterator[np.ndarray]:
 
 
 def _digest(meta: dict, arrays: dict[str, bytes]) -> str:
-    """sha256 of the meta and of each array's sha256 (of its rows' bytes; shapes are in the meta)."""
+    """sha256 of the meta and of each array's sha256 (of its rows as read: shapes and scaling are in the meta)."""
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for name in sorted(arrays):
         h.update(name.encode() + arrays[name])
@@ -294,6 +332,9 @@ def prepare_dir(
         np.save(tmp / "y_train.npy", y[train_idx])
         digests["y_train"] = hashlib.sha256(y[train_idx]).digest()
         mean, scale = moments.result() if standardize else (None, None)
+        for name in ("X_train", "X_test") if standardize else ():
+            if (tmp / f"{name}.npy").exists():
+                scale_file(tmp / f"{name}.npy", mean, scale)
         meta.update(
             features=list(source.features),
             label=source.label,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from pipeline.data import Prepared
 
 
 class BinaryClassifier(nn.Module):
@@ -66,31 +69,6 @@ def load_checkpoint(path: str | Path) -> tuple[BinaryClassifier, ModelConfig]:
     return model, config
 
 
-class Logits(nn.Module):
-    """BinaryClassifier's logit on raw rows, its standardisation folded into the weights.
-
-    Computing X @ (W / scale) + (b - (W / scale) . mean) trains W on standardised features without
-    ever materialising a scaled copy of X; without scaling it is exactly nn.Linear.
-    """
-
-    def __init__(self, model: BinaryClassifier, mean: torch.Tensor | None, scale: torch.Tensor | None) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", mean)
-        self.register_buffer("scale", scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, shape (N, 1)."""
-        return folded_logits(self.model, x, self.mean, self.scale)
-
-
-def folded_logits(
-    model: BinaryClassifier, x: torch.Tensor, mean: torch.Tensor | None, scale: torch.Tensor | None
-) -> torch.Tensor:
-    """X @ (W / scale) + (b - (W / scale) . mean): the logit on raw rows, without a scaled copy of X."""
-    return F.linear(x, *folded_weights(model, mean, scale))
-
-
 def folded_weights(
     model: BinaryClassifier, mean: torch.Tensor | None, scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,17 +80,25 @@ def folded_weights(
     return weight, bias - weight @ mean
 
 
-def as_vector(values: tuple[float, ...] | None, device: torch.device) -> torch.Tensor | None:
-    """A float32 tensor of per-feature statistics on the device (None stays None)."""
-    return None if values is None else torch.tensor(values, dtype=torch.float32, device=device)
+def on_prepared(config: ModelConfig, mean: tuple[float, ...] | None, scale: tuple[float, ...] | None) -> ModelConfig:
+    """The config that applies the model to rows prepared as (raw - mean) / scale as it applies to raw rows.
+
+    Raw rows are X * scale + mean, so the model's own (raw - m) / s is (X - (m - mean) / scale) / (s / scale);
+    no scaling at all for the model trained on these arrays (its statistics are theirs).
+    """
+    if mean is None:
+        return config
+    if config.mean == mean and config.scale == scale:
+        return replace(config, mean=None, scale=None)
+    m = np.zeros(len(mean)) if config.mean is None else np.asarray(config.mean)
+    s = np.ones(len(mean)) if config.scale is None else np.asarray(config.scale)
+    mean_a, scale_a = np.asarray(mean), np.asarray(scale)
+    return replace(config, mean=tuple(((m - mean_a) / scale_a).tolist()), scale=tuple((s / scale_a).tolist()))
 
 
-def standardize(X: np.ndarray, config: ModelConfig, out: np.ndarray | None = None) -> np.ndarray:
-    """(X - mean) / scale in float32 (X itself when scaling was off), into `out` if given: for scikit-learn."""
-    if config.mean is None:
-        return np.asarray(X, dtype=np.float32)
-    out = np.subtract(X, np.asarray(config.mean, dtype=np.float32), out=out, dtype=np.float32)
-    return np.divide(out, np.asarray(config.scale, dtype=np.float32), out=out)
+def score_prepared(model: BinaryClassifier, config: ModelConfig, prepared: Prepared) -> np.ndarray:
+    """A model's probabilities on the prepared evaluation rows, as it would give them on the raw rows."""
+    return predict_proba(model, on_prepared(config, prepared.mean, prepared.scale), prepared.X_test)
 
 
 ROW_BLOCK = 1 << 14  # rows scored at a time: a block's columns stay in cache while its logits are summed
@@ -124,7 +110,7 @@ def row_logits(model: BinaryClassifier, config: ModelConfig, X: torch.Tensor) ->
     A float32 matmul picks its kernel by the batch's shape (one CPU gave a row 9e-8 apart in batches of 7
     and 25). Here the products x_j * w_j and their running sum, feature by feature in a fixed order, are
     single IEEE operations, which vector and scalar code paths (and GPUs) round alike. The scaling is
-    folded into the weights as in training: X @ (W / scale) + (b - (W / scale) . mean).
+    folded into the weights: X @ (W / scale) + (b - (W / scale) . mean).
     """
     weight = model.linear.weight.detach().double().reshape(-1).cpu().numpy()
     bias = float(model.linear.bias.detach().double().item())
@@ -143,7 +129,7 @@ def row_logits(model: BinaryClassifier, config: ModelConfig, X: torch.Tensor) ->
 
 
 def predict_proba(model: BinaryClassifier, config: ModelConfig, X_raw: np.ndarray) -> np.ndarray:
-    """Probabilities for raw feature rows: the path evaluate, register, serving and batch scoring all share.
+    """Probabilities for rows as the config takes them: the path evaluate, register, serving and batch scoring share.
 
     The logit comes from row_logits; the sigmoid from numpy, whose float64 exp treats every element alike
     (torch's vectorised sigmoid computes a loop's tail elements with scalar code, so a row's last bit

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.model import BinaryClassifier, Logits, as_vector, folded_weights
+from pipeline.model import BinaryClassifier, folded_weights
 from pipeline.params import TrainParams
 
 LOG_LINE = "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%"
@@ -251,9 +251,10 @@ class _FusedBCE(torch.autograd.Function):
 
 
 class FusedObjective(nn.Module):
-    """Mean binary cross entropy and hits of BinaryClassifier on raw rows in one pass (for full-batch L-BFGS).
+    """Mean binary cross entropy and hits of BinaryClassifier on the rows in one pass (for full-batch L-BFGS).
 
-    The standardisation is folded into the weights as in Logits; DDP can wrap it like any module.
+    A preconditioner's standardisation is folded into the weights (model.folded_weights), never applied
+    to a copy of X; DDP can wrap it like any module.
     """
 
     def __init__(
@@ -278,11 +279,9 @@ def train(
     device: torch.device,
     log: Callable[[str], None] = print,
     on_history: HistoryCallback | None = None,
-    mean: tuple[float, ...] | None = None,
-    scale: tuple[float, ...] | None = None,
     shard: Shard = Shard(),
 ) -> TrainResult:
-    """Train BinaryClassifier on raw rows with the chosen optimizer; sgd full batch is the tutorial exactly.
+    """Train BinaryClassifier on the rows as given with the chosen optimizer; sgd full batch is the tutorial exactly.
 
     Epoch e's cost and accuracy are those of the model before epoch e's update (for lbfgs: of each
     evaluation, one pass over the data). At each log line the epochs since the previous one go to
@@ -294,19 +293,13 @@ def train(
     y_train = _as_tensor(y, device).reshape(-1, 1)
     n_local = y_train.shape[0]
     n_total = shard.n_total or n_local
-    # L-BFGS on raw features is as ill-conditioned as their scales are apart. Without a standardiser of
-    # its own it optimises in standardised coordinates, penalises the raw weights and unfolds them at the
-    # end: the same objective and optimum, in a fraction of the passes.
-    precondition = params.optimizer == "lbfgs" and scale is None
-    if precondition:
-        mean_t, scale_t = column_moments(x_train, shard)
-    else:
-        mean_t, scale_t = as_vector(mean, device), as_vector(scale, device)
-    # L-BFGS (full batch) takes the fused pass: loss and gradient in one read of X
+    # L-BFGS (full batch) takes the fused pass: loss and gradient in one read of X. It is as ill-conditioned
+    # as the features' scales are apart, so it optimises in standardised coordinates (the columns' moments
+    # from one pass; about 0 and 1 where prepare standardised the arrays), penalises the weights on the rows
+    # as given and unfolds them at the end: the same objective and optimum, in a fraction of the passes.
     fused = params.optimizer == "lbfgs"
-    net: nn.Module = (
-        FusedObjective(model, mean_t, scale_t, params.threshold) if fused else Logits(model, mean_t, scale_t)
-    )
+    mean_t, scale_t = column_moments(x_train, shard) if fused else (None, None)
+    net: nn.Module = FusedObjective(model, mean_t, scale_t, params.threshold) if fused else model.linear
     if shard.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -334,7 +327,7 @@ def train(
                 cost = F.binary_cross_entropy_with_logits(logits, yb)
         loss = cost if share == 1.0 else cost * share
         if l2:
-            raw = model.linear.weight / scale_t if precondition else model.linear.weight
+            raw = model.linear.weight / scale_t if fused else model.linear.weight
             loss = loss + 0.5 * l2 * raw.square().sum()
         return loss, cost, scored
 
@@ -342,8 +335,7 @@ def train(
         # The line search may try a far worse point and step back: only a non-finite cost is divergence there.
         history = _History(shard, log, on_history, rising=False)
         _lbfgs(params, weights, lambda: objective(x_train, y_train), history, shard, n_total, n_local)
-        if precondition:
-            _unfold(model, mean_t, scale_t)
+        _unfold(model, mean_t, scale_t)
         cost, accuracy = history.arrays()
         return TrainResult(model.cpu(), cost, accuracy, str(device))
 
@@ -430,7 +422,7 @@ def _cpu_sums(X: np.ndarray, rows: int = 1 << 12) -> np.ndarray:
 
 
 def _unfold(model: BinaryClassifier, mean: torch.Tensor, scale: torch.Tensor) -> None:
-    """Turn weights learnt on standardised coordinates into weights on raw features, in place."""
+    """Turn weights learnt on standardised coordinates into weights on the rows as given, in place."""
     with torch.no_grad():
         weight = model.linear.weight / scale
         model.linear.bias -= weight @ mean

@@ -152,15 +152,22 @@ def test_test_size_zero_evaluates_on_train(tmp_path):
     assert sorted(f.name for f in (tmp_path / "prep").iterdir()) == ["X_train.npy", "meta.json", "y_train.npy"]
 
 
-def test_standardizer_is_fitted_on_train_only(tmp_path):
-    data.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True, "error")
-    p = data.load_prepared(tmp_path / "prep")
-    full = prepared(source("breast_cancer"), tmp_path / "full")
-    # Sums of float32 blocks around a shift: as exact as float32 features scaled in float32 can use (1e-7)
-    np.testing.assert_allclose(p.mean, p.X_train.mean(axis=0, dtype=np.float64), rtol=1e-7)
-    np.testing.assert_allclose(p.scale, p.X_train.std(axis=0, dtype=np.float64), rtol=1e-6)
-    assert not np.allclose(p.mean, full.X_train.mean(axis=0), rtol=1e-6)
-    assert p.X_train.shape[0] + p.X_test.shape[0] == 569
+@pytest.mark.parametrize("test_size", [0.2, 0.0])
+def test_arrays_are_standardised_with_the_train_splits_statistics(tmp_path, test_size):
+    data.prepare_dir(tmp_path / "prep", source("breast_cancer"), test_size, 1, True, "error")
+    data.prepare_dir(tmp_path / "raw", source("breast_cancer"), test_size, 1, False, "error")
+    p, raw = data.load_prepared(tmp_path / "prep"), data.load_prepared(tmp_path / "raw")
+    # Sums of float32 blocks around a shift, kept as the float32 values X is scaled with
+    np.testing.assert_allclose(p.mean, raw.X_train.mean(axis=0, dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(p.scale, raw.X_train.std(axis=0, dtype=np.float64), rtol=1e-6)
+    assert np.float32(p.mean).tolist() == list(p.mean) and np.float32(p.scale).tolist() == list(p.scale)
+    for split in ("X_train", "X_test"):
+        assert np.array_equal(getattr(p, split), data.scale_rows(getattr(raw, split), p.mean, p.scale))
+    np.testing.assert_allclose(data.raw_rows(p, p.X_test), raw.X_test, rtol=1e-5, atol=1e-6)
+    if test_size:  # the train split's statistics, not the whole table's
+        full = prepared(source("breast_cancer"), tmp_path / "full")
+        assert not np.allclose(p.mean, full.X_train.mean(axis=0), rtol=1e-6)
+        assert p.X_train.shape[0] + p.X_test.shape[0] == 569
 
 
 def test_prepared_arrays_map_without_a_copy_and_hash_deterministically(tmp_path):
@@ -245,8 +252,8 @@ def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path,
     for missing in ("error", "drop"):
         meta = data.prepare_dir(tmp_path / missing, source(str(tmp_path / "t.parquet")), 0.3, 4, True, missing)
         p = data.load_prepared(tmp_path / missing)
-        np.testing.assert_array_equal(p.X_train, X[train])
-        np.testing.assert_array_equal(p.X_test, X[test])
+        np.testing.assert_array_equal(p.X_train, data.scale_rows(X[train], meta["mean"], meta["scale"]))
+        np.testing.assert_array_equal(p.X_test, data.scale_rows(X[test], meta["mean"], meta["scale"]))
         np.testing.assert_array_equal(p.y_train, y[train])
         np.testing.assert_array_equal(p.y_test, y[test])
         assert (tmp_path / missing / "X_train.npy").stat().st_size == 128 + 4 * 3 * train.size  # no tail left

@@ -199,32 +199,52 @@ def test_history_chunks_arrive_at_log_lines_and_cover_every_epoch(tutorial):
     assert np.array_equal(np.concatenate([a for _, _, a in chunks]), result.accuracy)
 
 
-# ---------------------------------------------------------------- optimizers, L2, folded scaling
+def test_a_model_scores_prepared_rows_as_it_scores_raw_rows():
+    from pipeline.data import scale_rows
+    from pipeline.model import on_prepared
+
+    rng = np.random.default_rng(4)
+    X = rng.normal([5.0, -3.0, 100.0], [2.0, 0.5, 30.0], (200, 3)).astype(np.float32)
+    model = BinaryClassifier(3)
+    own = ModelConfig(3, ("a", "b", "c"), 0.5, mean=(4.0, -2.0, 90.0), scale=(3.0, 0.25, 20.0))
+    mean, scale = [5.5, -3.25, 95.0], [2.5, 0.5, 32.0]  # another standardisation of the same rows
+    prepared_rows = scale_rows(X, mean, scale)
+    for config in (own, ModelConfig(3, ("a", "b", "c"), 0.5)):
+        on_raw = predict_proba(model, config, X)
+        np.testing.assert_allclose(predict_proba(model, on_prepared(config, mean, scale), prepared_rows), on_raw,
+                                   rtol=1e-5)  # fmt: skip
+    assert on_prepared(own, own.mean, own.scale).mean is None  # the model's own arrays: no scaling at all
+    assert on_prepared(own, None, None) == own  # raw arrays: the model's own scaling
+
+
+# ---------------------------------------------------------------- optimizers, L2, preconditioning
 def standardized_breast_cancer():
+    """breast_cancer's rows standardised as prepare writes them (float32), and its labels."""
     from sklearn.datasets import load_breast_cancer
+
+    from pipeline.data import scale_rows
 
     bunch = load_breast_cancer()
     X, y = bunch.data.astype(np.float32), bunch.target.astype(np.float32)
-    return X, y, tuple(X.mean(0, dtype=np.float64)), tuple(X.std(0, dtype=np.float64))
+    return scale_rows(X, X.mean(0, dtype=np.float64).tolist(), X.std(0, dtype=np.float64).tolist()), y
 
 
-def quiet_train(X, y, overrides, mean=None, scale=None):
+def quiet_train(X, y, overrides):
     params = load_params(REPO / "params.yaml", [*overrides, "train.log_every=100000"]).train
-    return train(X, y, params, torch.device("cpu"), lambda line: None, mean=mean, scale=scale)
+    return train(X, y, params, torch.device("cpu"), lambda line: None)
 
 
-def sklearn_weights(X, y, mean, scale, C):
+def sklearn_weights(X, y, C):
     from sklearn.linear_model import LogisticRegression
 
-    Xs = (X.astype(np.float64) - np.asarray(mean)) / np.asarray(scale)
-    fitted = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(Xs, y)
+    fitted = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X.astype(np.float64), y)
     return fitted.coef_.ravel(), fitted.intercept_[0]
 
 
 def test_lbfgs_with_matched_C_equals_sklearn_within_1e_3():
-    X, y, mean, scale = standardized_breast_cancer()  # correlated features: a hard case in float32
-    result = quiet_train(X, y, ["train.optimizer=lbfgs", "train.C=0.5", "train.epochs=500"], mean, scale)
-    coef, intercept = sklearn_weights(X, y, mean, scale, C=0.5)
+    X, y = standardized_breast_cancer()  # correlated features: a hard case in float32
+    result = quiet_train(X, y, ["train.optimizer=lbfgs", "train.C=0.5", "train.epochs=500"])
+    coef, intercept = sklearn_weights(X, y, C=0.5)
     assert np.abs(result.model.linear.weight.detach().numpy().ravel() - coef).max() < 1e-3
     assert abs(result.model.linear.bias.item() - intercept) < 1e-3
 
@@ -281,10 +301,10 @@ def test_column_moments_over_many_blocks_equal_numpys_in_float64():
 
 
 def test_lbfgs_fused_equals_an_unfused_lbfgs_and_sklearn_within_1e_3():
-    X, y, mean, scale = standardized_breast_cancer()
-    fused = quiet_train(X, y, ["train.optimizer=lbfgs", "train.C=0.5", "train.epochs=500"], mean, scale)
-    # The reference: torch's L-BFGS on an autograd objective over a scaled copy, as a user would write it
-    Xs = torch.from_numpy(((X - np.float32(mean)) / np.float32(scale)).astype(np.float32))
+    X, y = standardized_breast_cancer()
+    fused = quiet_train(X, y, ["train.optimizer=lbfgs", "train.C=0.5", "train.epochs=500"])
+    # The reference: torch's L-BFGS on an autograd objective, as a user would write it
+    Xs = torch.from_numpy(X)
     torch.manual_seed(1)
     linear = torch.nn.Linear(X.shape[1], 1)
     optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
@@ -299,22 +319,13 @@ def test_lbfgs_fused_equals_an_unfused_lbfgs_and_sklearn_within_1e_3():
         return loss
 
     optimizer.step(closure)
-    coef, intercept = sklearn_weights(X, y, mean, scale, C=0.5)
+    coef, intercept = sklearn_weights(X, y, C=0.5)
     unfused = linear.weight.detach().numpy().ravel()  # all three on standardised features
     fused_w = fused.model.linear.weight.detach().numpy().ravel()
     assert np.abs(fused_w - unfused).max() < 1e-3 and np.abs(unfused - coef).max() < 1e-3
     assert np.abs(fused_w - coef).max() < 1e-3
     bias = fused.model.linear.bias.item(), linear.bias.item(), intercept
     assert abs(bias[0] - bias[1]) < 1e-3 and abs(bias[1] - bias[2]) < 1e-3
-
-
-def test_folded_scaling_equals_training_on_a_scaled_copy():
-    X, y, mean, scale = standardized_breast_cancer()
-    folded = quiet_train(X, y, ["train.optimizer=adam", "train.lr=0.05", "train.epochs=30", "train.C=1"], mean, scale)
-    scaled = ((X - np.float32(mean)) / np.float32(scale)).astype(np.float32)
-    copy = quiet_train(scaled, y, ["train.optimizer=adam", "train.lr=0.05", "train.epochs=30", "train.C=1"])
-    np.testing.assert_allclose(folded.cost, copy.cost, rtol=1e-4)
-    np.testing.assert_allclose(folded.model.linear.weight.detach(), copy.model.linear.weight.detach(), atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -326,9 +337,9 @@ def test_folded_scaling_equals_training_on_a_scaled_copy():
     ],
 )
 def test_optimizers_learn_and_repeat_exactly(overrides):
-    X, y, mean, scale = standardized_breast_cancer()
-    first = quiet_train(X, y, overrides, mean, scale)
-    again = quiet_train(X, y, overrides, mean, scale)
+    X, y = standardized_breast_cancer()
+    first = quiet_train(X, y, overrides)
+    again = quiet_train(X, y, overrides)
     epochs = int(next(o for o in overrides if o.startswith("train.epochs")).split("=")[1])
     assert first.cost.shape == first.accuracy.shape == (epochs + 1,)
     assert first.cost[-1] < first.cost[0] / 3 and first.accuracy[-1] > 0.95
@@ -354,10 +365,10 @@ def test_lbfgs_on_raw_features_is_preconditioned_and_still_matches_sklearn(tmp_p
     [["train.optimizer=lbfgs", "train.C=1", "train.epochs=200"], ["train.optimizer=adam", "train.batch_size=64"]],
 )
 def test_cuda_optimizers_match_cpu(overrides):
-    X, y, mean, scale = standardized_breast_cancer()
+    X, y = standardized_breast_cancer()
     params = load_params(REPO / "params.yaml", [*overrides, "train.log_every=100000"]).train
-    cpu = train(X, y, params, torch.device("cpu"), lambda line: None, mean=mean, scale=scale)
-    gpu = train(X, y, params, torch.device("cuda"), lambda line: None, mean=mean, scale=scale)
+    cpu = train(X, y, params, torch.device("cpu"), lambda line: None)
+    gpu = train(X, y, params, torch.device("cuda"), lambda line: None)
     assert next(gpu.model.parameters()).device.type == "cpu"  # logged from CPU tensors: loads anywhere
     assert abs(gpu.cost[-1] - cpu.cost[-1]) < 1e-3
 

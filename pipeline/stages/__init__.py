@@ -140,10 +140,10 @@ def training_runs(client: Any, info: dict, run_info_path: Path, uri: str) -> tup
 
 def score_version(client: Any, name: str, version: str, prepared: Prepared) -> tuple[np.ndarray, float] | None:
     """A registered version's probabilities on the evaluation rows and its threshold; None: other features."""
-    from pipeline.model import load_checkpoint, predict_proba
+    from pipeline.model import load_checkpoint, score_prepared
 
     with tempfile.TemporaryDirectory() as tmp:
         model, config = load_checkpoint(store.checkpoint_path(client, name, version, Path(tmp)))
     if config.features != prepared.features:
         return None
-    return predict_proba(model, config, prepared.X_test), config.threshold
+    return score_prepared(model, config, prepared), config.threshold

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from pipeline import files, interrupts, store
 from pipeline.child import InChild
@@ -30,33 +29,23 @@ class Scored:
 def score(data_dir: Path, model_path: Path, params: BaselineParams) -> Scored:
     """Both models scored on the evaluation split (a child process, where torch and scikit-learn load).
 
-    Memory: the baseline fits on one standardised float32 copy of the train split, made from plain reads
-    (the memory map is never touched, so the split is not held twice); the test split is scaled a block at
-    a time. scikit-learn 1.9 fits float32 as it is (lbfgs included: no float64 copy).
+    The baseline fits on the prepared train split itself (standardised by prepare where asked; scikit-learn
+    has no scaling of its own): no scaled copy. scikit-learn 1.9 fits float32 as it is (lbfgs included: no
+    float64 copy).
     """
     from pipeline import data, metrics
-    from pipeline.model import load_checkpoint, predict_proba, standardize
+    from pipeline.model import load_checkpoint, score_prepared
 
     prepared = data.load_prepared(data_dir)
     model, config = load_checkpoint(model_path)
     if config.features != prepared.features:
         raise ValueError(f"{model_path}: model features {config.features} != prepared {prepared.features}")
-    X_train = prepared.X_train
-    if config.mean is not None:  # scikit-learn has no scaling of its own: one scaled copy, never a second X
-        X_train = np.empty(X_train.shape, dtype=np.float32)
-        start = 0
-        for block in data.read_rows(data.array_path(data_dir, "X_train", prepared.evaluated_on)):
-            standardize(block, config, out=X_train[start : start + block.shape[0]])
-            start += block.shape[0]
-    baseline = metrics.fit_baseline(X_train, prepared.y_train, params)
-    train_proba = metrics.baseline_proba(baseline, X_train)
+    baseline = metrics.fit_baseline(prepared.X_train, prepared.y_train, params)
+    train_proba = metrics.baseline_proba(baseline, prepared.X_train)
     cost, accuracy = metrics.cost_and_accuracy(prepared.y_train, train_proba, config.threshold)
-    del X_train
-    X_test, rows = prepared.X_test, data.CHUNK_ROWS
-    blocks = (standardize(X_test[i : i + rows], config) for i in range(0, X_test.shape[0], rows))
     probabilities = {
-        "model": predict_proba(model, config, X_test),
-        "baseline": np.concatenate([metrics.baseline_proba(baseline, block) for block in blocks]),
+        "model": score_prepared(model, config, prepared),
+        "baseline": metrics.baseline_proba(baseline, prepared.X_test),
     }
     y = prepared.y_test
     return Scored(

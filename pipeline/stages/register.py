@@ -59,7 +59,10 @@ def _register(
     sha: str,
 ) -> Any:
     """Log the pyfunc (its metrics: the evaluation's), register a version and point @challenger at it."""
-    spec = store.pyfunc_spec(model_path, prepared.features, prepared.X_test[:5], store.SERVING_CONFIG)
+    from pipeline import data
+
+    example = data.raw_rows(prepared, prepared.X_test[:5])  # what a client sends: raw features
+    spec = store.pyfunc_spec(model_path, prepared.features, example, store.SERVING_CONFIG)
     eval_metrics = {f"eval_{k}": v for k, v in results["model"].items()}
     model_id = store.log_model(client, run, spec, ctx.params.knobs(), eval_metrics, eval_split)
     name = ctx.params.register.model_name
@@ -80,7 +83,7 @@ def _decide(
     ctx: Context, client: Any, version: str, results: dict, prepared: Prepared, model_path: Path
 ) -> gate.Decision:
     """Gate `version`: against the baseline always, and against the champion re-scored on the same rows."""
-    from pipeline.model import load_checkpoint, predict_proba
+    from pipeline.model import load_checkpoint, score_prepared
 
     p = ctx.params.register
     model, baseline = results["model"][p.metric], results["baseline"][p.metric]
@@ -99,7 +102,7 @@ def _decide(
         return gate.Decision(False, why, p.metric, model, baseline, p.tolerance, champion_version=str(champion.version))
     champion_p, champion_threshold = scored
     network, config = load_checkpoint(model_path)
-    challenger = predict_proba(network, config, prepared.X_test)
+    challenger = score_prepared(network, config, prepared)
     thresholds = (config.threshold, champion_threshold)
     evidence = gate.paired_evidence(
         p.metric, prepared.y_test, challenger, champion_p, thresholds, p.level, p.resamples, p.seed

@@ -85,14 +85,12 @@ def fit(emit: Callable[[HistoryChunk], None], data_dir: Path, params: TrainParam
     started = time.monotonic()  # system-wide clock: comparable with the parent's
     try:
         result = training.train(
-            X,  # raw: the scaling is folded into the model, never a scaled copy
+            X,  # as prepared (standardised there if asked): the model's config carries the statistics for raw rows
             y,
             params,
             device,
             _print_now if rank.rank == 0 else (lambda line: None),
             lambda first, cost, accuracy: emit(HistoryChunk(first, cost, accuracy)),
-            mean=prepared.mean,
-            scale=prepared.scale,
             shard=training.Shard(rank.rank, rank.world, n_total),
         )
     finally:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,23 +191,30 @@ def scale_rows(X: np.ndarray, mean: list[float], scale: list[float], out: np.nda
 
 
 def scale_file(path: Path, mean: list[float], scale: list[float]) -> None:
-    """Standardise a float32 .npy in place, CHUNK_ROWS at a time by plain reads and writes (no memory map).
+    """Standardise a float32 .npy in place by plain reads and writes (no memory map), a range of rows per core.
 
-    Over the page cache prepare has just written: 1.7-2.0 s for 3.2 GB here, where evaluate's scaled copy of
-    the same rows cost 8.7 s (fresh memory, faulted in page by page on these VMs).
+    Over the page cache prepare has just written: 1.2 s for 3.2 GB here on two threads (1.6 s on one), where
+    evaluate's scaled copy of the same rows cost 8.7 s (fresh memory, faulted in page by page on these VMs).
+    numpy and the reads and writes release the GIL; each thread reuses one block buffer.
     """
     with path.open("r+b", buffering=0) as fh:
         fmt = np.lib.format
         read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
         (n, d), _, _ = read_header(fh)
-        position, buffer = fh.tell(), np.empty((min(CHUNK_ROWS, n), d), dtype=np.float32)
-        for start in range(0, n, CHUNK_ROWS):
-            block = buffer[: min(CHUNK_ROWS, n - start)]
-            if os.preadv(fh.fileno(), [block], position) != block.nbytes:
-                raise OSError(f"{path}: shorter than its header says")
-            scale_rows(block, mean, scale, out=block)
-            os.pwrite(fh.fileno(), block, position)
-            position += block.nbytes
+        offset, fd = fh.tell(), fh.fileno()
+
+        def rows(lo: int, hi: int) -> None:
+            buffer = np.empty((min(CHUNK_ROWS, hi - lo), d), dtype=np.float32)
+            for start in range(lo, hi, CHUNK_ROWS):
+                block, position = buffer[: min(CHUNK_ROWS, hi - start)], offset + 4 * d * start
+                if os.preadv(fd, [block], position) != block.nbytes:
+                    raise OSError(f"{path}: shorter than its header says")
+                os.pwrite(fd, scale_rows(block, mean, scale, out=block), position)
+
+        workers = max(1, min(os.cpu_count() or 1, n // CHUNK_ROWS))
+        bounds = [n * i // workers for i in range(workers + 1)]
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(rows, bounds[:-1], bounds[1:]))  # list(): a thread's error is raised here
 
 
 def raw_rows(prepared: Prepared, X: np.ndarray) -> np.ndarray:

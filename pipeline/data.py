@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -184,6 +185,14 @@ class Moments:
         return (self.shift + offset).astype(np.float32).tolist(), scale.tolist()
 
 
+def _npy_shape(fh: BinaryIO) -> tuple[int, int]:
+    """The (rows, columns) of a 2-D .npy, read from its header; `fh` is left at the first row."""
+    fmt = np.lib.format
+    read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+    (n, d), _, _ = read_header(fh)
+    return n, d
+
+
 def scale_rows(X: np.ndarray, mean: list[float], scale: list[float], out: np.ndarray | None = None) -> np.ndarray:
     """(X - mean) / scale in float32, into `out` if given."""
     out = np.subtract(X, np.asarray(mean, dtype=np.float32), out=out, dtype=np.float32)
@@ -198,9 +207,7 @@ def scale_file(path: Path, mean: list[float], scale: list[float]) -> None:
     numpy and the reads and writes release the GIL; each thread reuses one block buffer.
     """
     with path.open("r+b", buffering=0) as fh:
-        fmt = np.lib.format
-        read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
-        (n, d), _, _ = read_header(fh)
+        n, d = _npy_shape(fh)
         offset, fd = fh.tell(), fh.fileno()
 
         def rows(lo: int, hi: int) -> None:
@@ -226,10 +233,7 @@ def raw_rows(prepared: Prepared, X: np.ndarray) -> np.ndarray:
 def read_rows(path: Path) -> Iterator[np.ndarray]:
     """The rows of a float32 .npy, CHUNK_ROWS at a time, by plain reads (no memory map to grow RSS)."""
     with path.open("rb") as fh:
-        fmt = np.lib.format
-        read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
-        shape, _, _ = read_header(fh)
-        n, d = shape
+        n, d = _npy_shape(fh)
         for start in range(0, n, CHUNK_ROWS):
             rows = min(CHUNK_ROWS, n - start)
             yield np.fromfile(fh, dtype=np.float32, count=rows * d).reshape(rows, d)

@@ -10,7 +10,8 @@ then runs, each from a clean state and one after the other:
       with joblib, then the whole file scored to Parquet.
 Each side's wall time and peak RSS (its whole process tree summed, sampled every 20 ms) are printed, the
 pipeline's per stage (peak RSS against the bound 1.5 x X + 1 GiB), then `pipeline prepare` of the file (and
-of a CSV of its first --csv-rows rows) against a process that only reads it with pyarrow, and last
+of a CSV of its first --csv-rows rows) against a process that only reads it with pyarrow (--repeats runs each,
+interleaved; medians), and last
 `ratio_time: X` and `ratio_rss: Y` (pipeline / script). A script that fails (at 10M x 100 on a 24 GiB machine
 the OOM killer stops it) is reported with its time and peak RSS, and that size's ratios are n/a.
 `--sweep` runs 1M, 2M, 5M and 10M rows and ends with the largest.
@@ -19,7 +20,8 @@ Where a virtual machine's host backs guest memory on first touch (the 2-core mac
 fresh GiB, page cache included, and memory freed for a minute is fresh again), a side's time is largely the
 memory it touches; that is why the figures move between runs.
 
-    python benchmarks/pipeline_scale.py --rows 1000000 --features 100 [--sweep] [--csv-rows N] [--json F]
+    python benchmarks/pipeline_scale.py --rows 1000000 --features 100 [--sweep] [--csv-rows N] [--repeats N]
+                                        [--json F]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,19 +129,27 @@ def script_side(table: Path, tmp: Path) -> dict:
     return {"s": seconds, "peak_rss": watch.peak, "failed": failed}
 
 
-def prepare_against_pyarrow(source: Path, root: Path) -> dict:
-    """`pipeline prepare` of a file (as the benchmark's params) against a process that only reads it with pyarrow."""
+def prepare_against_pyarrow(source: Path, root: Path, repeats: int) -> dict:
+    """`pipeline prepare` of a file (as the benchmark's params) against a process that only reads it with pyarrow.
+
+    Each is timed `repeats` times, in turn and in alternating order (pyarrow first, then prepare first, ...);
+    the medians are compared. One run each is not enough here: whichever runs on memory the host has just
+    backed (see the module's note) can take half the time of the other, either way round.
+    """
     read = "pq.read_table" if source.suffix == ".parquet" else "pacsv.read_csv"
     code = f"import pyarrow.csv as pacsv, pyarrow.parquet as pq; {read}({str(source)!r})"
-    env, watch = clean_env(), Watch()
-    pyarrow_s = watch.check([sys.executable, "-c", code], root, env)
-    out = root / "prepared_again"
+    env, watch, out = clean_env(), Watch(), root / "prepared_again"
     args = [sys.executable, "-m", "pipeline", "prepare", "--out", str(out), "--set", f"prepare.source={source}"]
-    prepare_s = watch.check(args, root, env)
-    out_bytes = sum(f.stat().st_size for f in out.glob("X_*.npy"))
-    shutil.rmtree(out)
+    runs: dict[str, list[float]] = {"pyarrow": [], "prepare": []}
+    for i in range(repeats):
+        for side in ("pyarrow", "prepare") if i % 2 == 0 else ("prepare", "pyarrow"):
+            runs[side].append(watch.check([sys.executable, "-c", code] if side == "pyarrow" else args, root, env))
+            if side == "prepare":
+                out_bytes = sum(f.stat().st_size for f in out.glob("X_*.npy"))
+                shutil.rmtree(out)
+    prepare_s, pyarrow_s = statistics.median(runs["prepare"]), statistics.median(runs["pyarrow"])
     return {"file": source.name, "prepare_s": prepare_s, "pyarrow_s": pyarrow_s, "x_bytes": out_bytes,
-            "gb_per_s": out_bytes / prepare_s / 1e9, "ratio": prepare_s / pyarrow_s}  # fmt: skip
+            "gb_per_s": out_bytes / prepare_s / 1e9, "ratio": prepare_s / pyarrow_s, "runs": runs}  # fmt: skip
 
 
 def csv_copy(table: Path, rows: int) -> Path:
@@ -163,7 +174,7 @@ def warm_libraries() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=clean_env())
 
 
-def one_size(rows: int, features: int, csv_rows: int) -> dict:
+def one_size(rows: int, features: int, csv_rows: int, repeats: int) -> dict:
     """Both sides on a fresh table of rows x features; prepare against pyarrow on it (and on a CSV of csv_rows)."""
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -171,9 +182,9 @@ def one_size(rows: int, features: int, csv_rows: int) -> dict:
         x_bytes = write_table(table, rows, features)
         warm_libraries()
         ours = pipeline_side(table, tmp)
-        reads = [prepare_against_pyarrow(table, tmp / "project")]
+        reads = [prepare_against_pyarrow(table, tmp / "project", repeats)]
         if csv_rows:
-            reads.append(prepare_against_pyarrow(csv_copy(table, csv_rows), tmp / "project"))
+            reads.append(prepare_against_pyarrow(csv_copy(table, csv_rows), tmp / "project", repeats))
         shutil.rmtree(tmp / "project")  # its DVC cache and prepared arrays: the script gets the same free disk
         warm_libraries()
         script = script_side(table, tmp)
@@ -193,8 +204,10 @@ def one_size(rows: int, features: int, csv_rows: int) -> dict:
     failed = f"  FAILED ({script['failed']})" if script["failed"] else ""
     print(f"  script    {script['s']:7.1f} s  peak RSS {script['peak_rss'] / mib:7,.0f} MiB{failed}")
     for r in reads:
-        print(f"  prepare {r['file']}: {r['prepare_s']:.1f} s, {r['gb_per_s']:.2f} GB/s of float32 out; pyarrow "
-              f"reading it {r['pyarrow_s']:.1f} s; ratio {r['ratio']:.2f} (goal: 1 GB/s or <= 1.5)")  # fmt: skip
+        shown = {side: ", ".join(f"{t:.1f}" for t in times) for side, times in r["runs"].items()}
+        print(f"  prepare {r['file']}: {r['prepare_s']:.1f} s ({shown['prepare']}), {r['gb_per_s']:.2f} GB/s of "
+              f"float32 out; pyarrow reading it {r['pyarrow_s']:.1f} s ({shown['pyarrow']}); ratio of the medians "
+              f"{r['ratio']:.2f} (goal: 1 GB/s or <= 1.5)")  # fmt: skip
     ratios = {"ratio_time": None, "ratio_rss": None}
     if not script["failed"]:
         ratios = {"ratio_time": ours["s"] / script["s"], "ratio_rss": ours["peak_rss"] / script["peak_rss"]}
@@ -214,12 +227,14 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--sweep", action="store_true", help="1M, 2M, 5M and 10M rows")
     parser.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the CSV prepare reads (0: none)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs each of prepare and pyarrow (medians)")
     parser.add_argument("--json", type=Path, default=Path("pipeline_scale.json"))
     opts = parser.parse_args()
     sizes = SWEEP if opts.sweep else (opts.rows,)
     # the CSV once, beside the last (largest) size: writing it costs more than the measurement
     results = [
-        one_size(rows, opts.features, opts.csv_rows if i == len(sizes) - 1 else 0) for i, rows in enumerate(sizes)
+        one_size(rows, opts.features, opts.csv_rows if i == len(sizes) - 1 else 0, opts.repeats)
+        for i, rows in enumerate(sizes)
     ]
     opts.json.write_text(json.dumps(results, indent=2) + "\n")
     if len(results) > 1:

@@ -201,6 +201,18 @@ def test_failed_write_leaves_earlier_output_intact(tmp_path, monkeypatch):
     assert [f.name for f in tmp_path.iterdir()] == ["prep"]  # no temp leftovers
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_write_that_fails_on_the_writers_thread_is_raised_to_the_caller():
+    rows = np.ones((1 << 14, 8), dtype=np.float32)  # past the file's buffer: the write reaches the device
+    out = data.NpyWriter(Path("/dev/full"), 8)
+    out.write(rows)  # returns at once: the write runs on the writer's thread
+    with pytest.raises(OSError, match="No space left on device"):
+        out.write(rows)  # the first write's error, raised at the next call
+    with pytest.raises(OSError, match="No space left on device"):
+        out.close()  # the second write's; the file is closed all the same
+    assert out.fh.closed
+
+
 def test_csv_and_parquet_stream_in_chunks_with_row_numbers(tmp_path, monkeypatch):
     import pandas as pd
 

@@ -23,6 +23,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	ruff check pipeline tests benchmarks
+	ruff format --check pipeline tests benchmarks
 	python -m pytest
 
 bench: $(STAMP)

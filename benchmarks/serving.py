@@ -90,9 +90,7 @@ def build_models(tmp: Path) -> dict[str, Path]:
     checkpoint.write_bytes(checkpoint_bytes(network, config))
     example = np.array([[1.0, 2.0], [6.0, 2.0]])
     paths = {name: tmp / name for name in ("ours", "stock_pytorch", "identity")}
-    mlflow.pyfunc.save_model(
-        paths["ours"], **pyfunc_spec(checkpoint, config.features, example, SERVING_CONFIG)
-    )
+    mlflow.pyfunc.save_model(paths["ours"], **pyfunc_spec(checkpoint, config.features, example, SERVING_CONFIG))
     outputs = Schema([ColSpec("float")])
     mlflow.pytorch.save_model(
         network,

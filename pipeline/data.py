@@ -325,9 +325,7 @@ def write_split(
     return {"X_train": train.sha256.digest(), "X_test": test.sha256.digest()}
 
 
-def prepare_dir(
-    out: str | Path, source: Source, test_size: float, seed: int, standardize: bool, missing: str
-) -> dict:
+def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, standardize: bool, missing: str) -> dict:
     """Stream the source into `out` (atomically): validated, split, standardiser fitted on train only.
 
     `missing` ("error" or "drop") says what a row with a missing feature or label does; meta counts the drops.

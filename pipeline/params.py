@@ -155,7 +155,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         ok = isinstance(value, str)
         if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off/true/false as booleans
-            raise ParamsError(f"{key}: expected text, got the boolean {value!r}: quote it, e.g. \"yes\"")
+            raise ParamsError(f'{key}: expected text, got the boolean {value!r}: quote it, e.g. "yes"')
     else:  # pragma: no cover - a schema bug, not user input
         raise TypeError(f"unsupported type {tp!r} for {key}")
     if not ok:

@@ -633,9 +633,7 @@ def describe_model(mlflow_client: MlflowClient, uri: str) -> dict[str, Any]:
     title = uri
     if uri.startswith("models:/"):
         name, _, ref = uri.removeprefix("models:/").partition("@")
-        version = (
-            alias_version(mlflow_client, name, ref) if ref else model_version(mlflow_client, *name.split("/", 1))
-        )
+        version = alias_version(mlflow_client, name, ref) if ref else model_version(mlflow_client, *name.split("/", 1))
         if version is not None:
             version = model_version(mlflow_client, version.name, version.version)  # with its aliases
             aliases = ", ".join(f"@{a}" for a in sorted(version.aliases)) or "no aliases"

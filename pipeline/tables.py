@@ -255,5 +255,3 @@ def first_bad_cell(columns: pd.DataFrame, first_row: int) -> str | None:
             if problem:
                 return f"row {first_row + i}, column {name!r}: {problem}"
     return None
-
-

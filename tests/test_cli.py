@@ -70,7 +70,10 @@ def test_stages_in_order(workdir, store_uri, capfd):
         assert "roc.png" in [a.path for a in client.list_artifacts(child.info.run_id)]
     assert {r.info.run_name for r in found} == {"no git", "BinaryClassifier · no git", "LogisticRegression · no git"}
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
-        "roc.png", "precision_recall.png", "calibration.png", "confusion.png"
+        "roc.png",
+        "precision_recall.png",
+        "calibration.png",
+        "confusion.png",
     }
     for run in found:  # what makes each run identifiable, on every run
         assert run.info.status == "FINISHED" and run.data.tags["pipeline.device"] == "cpu"

@@ -37,7 +37,7 @@ def test_defaults_are_the_tutorial():
         (lambda t: t["train"].update(device="tpu"), "train.device: must be one of"),
         (lambda t: t["register"].update(metric="mse"), "register.metric: must be one of"),
         (lambda t: t["prepare"].update(missing="skip"), "prepare.missing: must be one of error, drop, got 'skip'"),
-        (lambda t: t["prepare"].update(positive=True), 'prepare.positive: expected text, got the boolean True: quote'),
+        (lambda t: t["prepare"].update(positive=True), "prepare.positive: expected text, got the boolean True: quote"),
         (lambda t: t["prepare"].update(positive=2), "prepare.positive: expected str or null, got int 2"),
     ],
 )

@@ -132,12 +132,14 @@ def _summary_tags(decision: gate.Decision, run_id: str) -> dict[str, str]:
     }
     if decision.evidence is not None:
         e = decision.evidence
-        tags.update({
-            "gate.champion": f"v{decision.champion_version}",
-            "gate.delta": f"{e.delta:+.6f}",
-            "gate.interval": f"[{e.low:+.6f}, {e.high:+.6f}] at {e.level:.0%} ({e.method})",
-            "gate.n": str(e.n),
-        })
+        tags.update(
+            {
+                "gate.champion": f"v{decision.champion_version}",
+                "gate.delta": f"{e.delta:+.6f}",
+                "gate.interval": f"[{e.low:+.6f}, {e.high:+.6f}] at {e.level:.0%} ({e.method})",
+                "gate.n": str(e.n),
+            }
+        )
     return tags
 
 

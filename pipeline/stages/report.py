@@ -91,4 +91,3 @@ def _params_diff(client: Any, champion_run: str, challenger_run: str) -> list[tu
     old, new = store.run_params(client, champion_run), store.run_params(client, challenger_run)
     keys = sorted(set(old) | set(new))
     return [(k, old.get(k, "-"), new.get(k, "-")) for k in keys if old.get(k) != new.get(k)]
-

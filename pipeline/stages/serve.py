@@ -39,10 +39,12 @@ def describe(client: object, model_uri: str, host: str, port: int) -> str:
     served = store.describe_model(client, model_uri)
     example = json.dumps(served["example"], separators=(",", ":"))
     columns = ", ".join(f"{name} ({kind})" for name, kind in served["inputs"])
-    return "\n".join([
-        f"serving {served['title']}",
-        f"  input columns: {columns}; each row gets: {', '.join(served['outputs'])}",
-        "  try:",
-        f"    curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' \\",
-        f"         -d {shlex.quote(example)}",
-    ])
+    return "\n".join(
+        [
+            f"serving {served['title']}",
+            f"  input columns: {columns}; each row gets: {', '.join(served['outputs'])}",
+            "  try:",
+            f"    curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' \\",
+            f"         -d {shlex.quote(example)}",
+        ]
+    )

@@ -139,11 +139,12 @@ def prepare_against_pyarrow(source: Path, root: Path, repeats: int) -> dict:
     read = "pq.read_table" if source.suffix == ".parquet" else "pacsv.read_csv"
     code = f"import pyarrow.csv as pacsv, pyarrow.parquet as pq; {read}({str(source)!r})"
     env, watch, out = clean_env(), Watch(), root / "prepared_again"
-    args = [sys.executable, "-m", "pipeline", "prepare", "--out", str(out), "--set", f"prepare.source={source}"]
-    runs: dict[str, list[float]] = {"pyarrow": [], "prepare": []}
+    prepare = ["prepare", "--out", str(out), "--set", f"prepare.source={source}"]
+    commands = {"pyarrow": [sys.executable, "-c", code], "prepare": [sys.executable, "-m", "pipeline", *prepare]}
+    runs: dict[str, list[float]] = {side: [] for side in commands}
     for i in range(repeats):
         for side in ("pyarrow", "prepare") if i % 2 == 0 else ("prepare", "pyarrow"):
-            runs[side].append(watch.check([sys.executable, "-c", code] if side == "pyarrow" else args, root, env))
+            runs[side].append(watch.check(commands[side], root, env))
             if side == "prepare":
                 out_bytes = sum(f.stat().st_size for f in out.glob("X_*.npy"))
                 shutil.rmtree(out)
@@ -230,6 +231,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs each of prepare and pyarrow (medians)")
     parser.add_argument("--json", type=Path, default=Path("pipeline_scale.json"))
     opts = parser.parse_args()
+    if opts.repeats < 1:
+        parser.error("--repeats must be at least 1")
     sizes = SWEEP if opts.sweep else (opts.rows,)
     # the CSV once, beside the last (largest) size: writing it costs more than the measurement
     results = [

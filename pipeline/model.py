@@ -70,14 +70,11 @@ def load_checkpoint(path: str | Path) -> tuple[BinaryClassifier, ModelConfig]:
 
 
 def folded_weights(
-    model: BinaryClassifier, mean: torch.Tensor | None, scale: torch.Tensor | None
+    model: BinaryClassifier, mean: torch.Tensor, scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(W / scale, b - (W / scale) . mean): weights that act on raw rows as W acts on standardised ones."""
-    weight, bias = model.linear.weight, model.linear.bias
-    if scale is None:
-        return weight, bias
-    weight = weight / scale
-    return weight, bias - weight @ mean
+    weight = model.linear.weight / scale
+    return weight, model.linear.bias - weight @ mean
 
 
 def on_prepared(config: ModelConfig, mean: tuple[float, ...] | None, scale: tuple[float, ...] | None) -> ModelConfig:

@@ -257,9 +257,7 @@ class FusedObjective(nn.Module):
     to a copy of X; DDP can wrap it like any module.
     """
 
-    def __init__(
-        self, model: BinaryClassifier, mean: torch.Tensor | None, scale: torch.Tensor | None, threshold: float
-    ) -> None:
+    def __init__(self, model: BinaryClassifier, mean: torch.Tensor, scale: torch.Tensor, threshold: float) -> None:
         super().__init__()
         self.model, self.threshold = model, threshold
         self.register_buffer("mean", mean)
@@ -424,9 +422,9 @@ def _cpu_sums(X: np.ndarray, rows: int = 1 << 12) -> np.ndarray:
 def _unfold(model: BinaryClassifier, mean: torch.Tensor, scale: torch.Tensor) -> None:
     """Turn weights learnt on standardised coordinates into weights on the rows as given, in place."""
     with torch.no_grad():
-        weight = model.linear.weight / scale
-        model.linear.bias -= weight @ mean
+        weight, bias = folded_weights(model, mean, scale)
         model.linear.weight.copy_(weight)
+        model.linear.bias.copy_(bias)
 
 
 def warm_up(params: TrainParams) -> None:

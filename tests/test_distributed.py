@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from pipeline.model import load_checkpoint
@@ -17,6 +18,11 @@ PREPARE = [
     *("--set", "prepare.source=breast_cancer", "--set", "prepare.standardize=true"),
     *("--set", "prepare.test_size=0.2"),
 ]
+
+
+def torchrun(processes: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m",
+            "pipeline"]  # fmt: skip
 
 
 def outputs(tag: str) -> list[str]:
@@ -43,8 +49,7 @@ def test_two_processes_match_one(tmp_path, store_uri, optimizer, atol):
     train = ["train", "--set", "train.C=1", "--set", "train.log_every=20"]
     train += [a for o in optimizer for a in ("--set", o)]
     sh([sys.executable, "-m", "pipeline", *train, *outputs("one")], tmp_path, env)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline"]
-    proc = sh([*torchrun, *train, *outputs("two")], tmp_path, env)
+    proc = sh([*torchrun(2), *train, *outputs("two")], tmp_path, env)
 
     (one, _), (two, _) = load_checkpoint(tmp_path / "out/one/model.pt"), load_checkpoint(tmp_path / "out/two/model.pt")
     np.testing.assert_allclose(two.linear.weight.detach(), one.linear.weight.detach(), rtol=0, atol=atol)
@@ -57,3 +62,21 @@ def test_two_processes_match_one(tmp_path, store_uri, optimizer, atol):
         [MlflowClient(store_uri).get_experiment_by_name("binary-classifier").experiment_id]
     )
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}  # two parents, two model runs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torchrun_on_cuda_takes_one_process_per_gpu(tmp_path, store_uri):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    env = run_env(MLFLOW_TRACKING_URI=store_uri)
+    sh([sys.executable, "-m", "pipeline", "prepare", *PREPARE], tmp_path, env)
+    train = ["train", "--set", "train.device=cuda", *("--set", "train.optimizer=lbfgs", "--set", "train.epochs=500")]
+    sh([sys.executable, "-m", "pipeline", *train, *outputs("one")], tmp_path, env)
+    gpus = torch.cuda.device_count()
+    sh([*torchrun(gpus), *train, *outputs("all")], tmp_path, env)  # NCCL from two GPUs on
+    (one, _), (all_, _) = (load_checkpoint(tmp_path / f"out/{t}/model.pt") for t in ("one", "all"))
+    np.testing.assert_allclose(all_.linear.weight.detach(), one.linear.weight.detach(), rtol=0, atol=1e-3)
+
+    proc = sh([*torchrun(gpus + 1), *train, *outputs("more")], tmp_path, env, ok=False)
+    assert proc.returncode != 0 and f"but this machine has {gpus} CUDA device(s)" in proc.stdout + proc.stderr
+    assert not (tmp_path / "out/more/model.pt").exists()

@@ -12,6 +12,7 @@ from pipeline.params import load_params
 from pipeline.sources import open_source
 from pipeline.training import (
     FUSED_ROWS,
+    GPU_BLOCK_ELEMENTS,
     DeviceError,
     Shard,
     column_moments,
@@ -24,6 +25,7 @@ from pipeline.training import (
 from .conftest import prepared
 
 REPO = Path(__file__).resolve().parents[1]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TUTORIAL_LINES = [
     "Epoch    0/1000 Cost: 0.539713 Accuracy 83.33%",
     "Epoch  100/1000 Cost: 0.134272 Accuracy 100.00%",
@@ -171,7 +173,7 @@ def test_device_resolution():
             resolve_device("cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@CUDA
 def test_cuda_training_matches_cpu_closely(tutorial):
     params, table, result, _ = tutorial
     gpu = train(table.X, table.y, params.train, torch.device("cuda"), lambda _: None)
@@ -249,24 +251,28 @@ def test_lbfgs_with_matched_C_equals_sklearn_within_1e_3():
     assert abs(result.model.linear.bias.item() - intercept) < 1e-3
 
 
-def test_fused_pass_equals_autograd_and_sklearn():
+@pytest.mark.parametrize(
+    ("device", "block"), [("cpu", FUSED_ROWS), pytest.param("cuda", GPU_BLOCK_ELEMENTS // 8, marks=CUDA)]
+)
+def test_fused_pass_equals_autograd_and_sklearn(device, block):
     from sklearn.metrics import log_loss
 
     rng = np.random.default_rng(0)
-    n = 2 * FUSED_ROWS + 123  # two whole blocks and a partial one
-    X = torch.from_numpy(rng.normal(1.0, 2.0, (n, 8)).astype(np.float32))
-    y = torch.from_numpy((rng.random(n) < 0.4).astype(np.float32))
-    w, b = torch.from_numpy(rng.normal(0, 0.3, 8).astype(np.float32)), torch.tensor(-0.2)
-    loss, grad_w, grad_b, hits = fused_pass(X, y, w, b, 0.5)
+    n = 2 * block + 123  # two whole blocks and a partial one
+    X = torch.from_numpy(rng.normal(1.0, 2.0, (n, 8)).astype(np.float32)).to(device)
+    y = torch.from_numpy((rng.random(n) < 0.4).astype(np.float32)).to(device)
+    w, b = torch.from_numpy(rng.normal(0, 0.3, 8).astype(np.float32)).to(device), torch.tensor(-0.2, device=device)
+    loss, grad_w, grad_b, hits = (t.cpu() for t in fused_pass(X, y, w, b, 0.5))
     # Unfused, as autograd does it: the logits over all of X, then the backward pass over X again
     W, B = w.clone().requires_grad_(), b.clone().requires_grad_()
     logits = X @ W + B
     reference = torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), y.double(), reduction="sum")
     reference.backward()
     assert abs(loss.item() - reference.item()) < 1e-6 * n
-    np.testing.assert_allclose(grad_w.numpy(), W.grad.numpy(), rtol=1e-4, atol=1e-3)
-    assert abs(grad_b.item() - B.grad.item()) < 1e-3
+    np.testing.assert_allclose(grad_w.numpy(), W.grad.cpu().numpy(), rtol=1e-4, atol=6e-8 * n)  # sums of n terms
+    assert abs(grad_b.item() - B.grad.item()) < 6e-8 * n
     assert hits.item() == int(((torch.sigmoid(logits) >= 0.5) == y).sum())
+    X, y, w = X.cpu(), y.cpu(), w.cpu()
     proba = 1 / (1 + np.exp(-(X.numpy().astype(np.float64) @ w.numpy() + b.item())))
     assert abs(loss.item() / n - log_loss(y.numpy(), proba)) < 1e-6
 
@@ -359,10 +365,14 @@ def test_lbfgs_on_raw_features_is_preconditioned_and_still_matches_sklearn(tmp_p
     assert len(result.cost) < 60  # standardised coordinates: a few dozen passes, not hundreds
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@CUDA
 @pytest.mark.parametrize(
     "overrides",
-    [["train.optimizer=lbfgs", "train.C=1", "train.epochs=200"], ["train.optimizer=adam", "train.batch_size=64"]],
+    [
+        ["train.optimizer=lbfgs", "train.C=1", "train.epochs=200"],
+        # lr 0.05: at lr 1 Adam's mini-batch path is chaotic (X one ulp apart moves the final cost by 0.02)
+        ["train.optimizer=adam", "train.batch_size=64", "train.lr=0.05"],
+    ],
 )
 def test_cuda_optimizers_match_cpu(overrides):
     X, y = standardized_breast_cancer()

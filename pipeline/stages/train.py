@@ -76,6 +76,12 @@ def fit(emit: Callable[[HistoryChunk], None], data_dir: Path, params: TrainParam
         lo, hi = rank.rank * n_total // rank.world, (rank.rank + 1) * n_total // rank.world
         X, y = X[lo:hi], y[lo:hi]  # slices of the memory map: this rank reads only its own rows
         if device.type == "cuda":
+            gpus = torch.cuda.device_count()
+            if rank.local >= gpus:  # NCCL refuses two ranks on one GPU, and only after a long wait
+                raise training.DeviceError(
+                    f"train.device: torchrun started local rank {rank.local}, but this machine has {gpus} CUDA "
+                    f"device(s): one process per GPU (--nproc_per_node={gpus})"
+                )
             device = torch.device("cuda", rank.local)
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

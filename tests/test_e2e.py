@@ -25,9 +25,15 @@ print(json.dumps({"p": out["probability"].tolist(), "label": out["label"].tolist
 """
 
 
-def dvc(project: Path, *args: str, ok: bool = True):
+def dvc_command(project: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """This venv's `dvc` with args, and its environment (DVC's site cache beside the project)."""
     env = run_env(DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
-    return sh([str(Path(sys.executable).parent / "dvc"), *args], project, env, ok=ok)
+    return [str(Path(sys.executable).parent / "dvc"), *args], env
+
+
+def dvc(project: Path, *args: str, ok: bool = True):
+    cmd, env = dvc_command(project, *args)
+    return sh(cmd, project, env, ok=ok)
 
 
 def test_dvc_repro_end_to_end(project, tmp_path):

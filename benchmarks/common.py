@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+STAGES = ("prepare", "train", "evaluate", "register", "predict")
 
 
 def clean_env() -> dict[str, str]:
@@ -36,6 +40,11 @@ def project_copy(root: Path, extra: tuple[str, ...] = (), edit: Callable[[Path],
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "b"]):
         subprocess.run(cmd, cwd=root, env=clean_env(), check=True, capture_output=True)
     return root
+
+
+def stage_of(cmd: list[str]) -> str | None:
+    """The stage a `python -m pipeline <stage>` process runs (None for anything else): a name for Watch."""
+    return cmd[3] if len(cmd) > 3 and cmd[1:3] == ["-m", "pipeline"] and cmd[3] in STAGES else None
 
 
 def _tree(pid: int) -> list[int]:
@@ -96,3 +105,51 @@ class Watch:
         if status != 0:
             sys.exit(f"{' '.join(args)} failed (exit {status}):\n{tail}")
         return seconds
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    """Start a server command (its port appended by the caller) and wait for /ping."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [a.replace("{port}", str(port)) for a in args],
+        cwd=cwd,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/ping")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"server {args} did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the server and its uvicorn children."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def post(conn: http.client.HTTPConnection, body: bytes) -> bytes:
+    """One POST /invocations of a JSON body on a kept-alive connection, its answer; exits on a non-200."""
+    conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = response.read()
+    if response.status != 200:
+        sys.exit(f"request failed with {response.status}: {answer[:300]!r}")
+    return answer

@@ -37,10 +37,9 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from common import Watch, clean_env, project_copy
+from common import STAGES, Watch, clean_env, project_copy, stage_of
 
 SWEEP = (1_000_000, 2_000_000, 5_000_000, 10_000_000)
-STAGES = ("prepare", "train", "evaluate", "register", "predict")
 SEED = 1
 
 SCRIPT = textwrap.dedent(
@@ -85,11 +84,6 @@ def write_table(path: Path, rows: int, features: int) -> int:
         writer.write_table(table)
     writer.close()
     return rows * features * 4
-
-
-def stage_of(cmd: list[str]) -> str | None:
-    """The stage a `python -m pipeline <stage>` process runs (None for anything else)."""
-    return cmd[3] if len(cmd) > 3 and cmd[1:3] == ["-m", "pipeline"] and cmd[3] in STAGES else None
 
 
 def pipeline_side(table: Path, tmp: Path) -> dict:

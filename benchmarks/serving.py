@@ -18,8 +18,6 @@ import http.client
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,10 +26,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import post, start, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = json.dumps({"dataframe_split": {"columns": ["x1", "x2"], "data": [[4, 3]]}}).encode()
-HEADERS = {"Content-Type": "application/json"}
 
 IDENTITY = """
 class Identity:
@@ -62,13 +60,6 @@ async def invocations(request: Request):
     rows = [{"probability": p, "label": int(p >= config.threshold)} for p in proba.tolist()]
     return Response(json.dumps({"predictions": rows}), media_type="application/json")
 """
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_models(tmp: Path) -> dict[str, Path]:
@@ -112,55 +103,15 @@ def build_models(tmp: Path) -> dict[str, Path]:
     return {**paths, "checkpoint": checkpoint}
 
 
-def start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    """Start a server command (its port appended by the caller) and wait for /ping."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [a.replace("{port}", str(port)) for a in args],
-        cwd=cwd,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/ping")
-            if conn.getresponse().status == 200:
-                return proc, port
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"server {args} did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its uvicorn children."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-
-
-def post(conn: http.client.HTTPConnection) -> None:
-    """One single-row request on a kept-alive connection; fails loudly on a non-200."""
-    conn.request("POST", "/invocations", body=BODY, headers=HEADERS)
-    response = conn.getresponse()
-    body = response.read()
-    if response.status != 200:
-        sys.exit(f"request failed with {response.status}: {body[:300]!r}")
-
-
 def latency(port: int, n: int) -> tuple[float, float]:
     """p50 and p99 of sequential single-row requests, in ms."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for _ in range(50):
-        post(conn)
+        post(conn, BODY)
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        post(conn)
+        post(conn, BODY)
         times.append(time.perf_counter() - t0)
     conn.close()
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
@@ -174,7 +125,7 @@ def throughput(port: int, seconds: float, clients: int = 8) -> float:
     def client(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         while time.perf_counter() < stop_at:
-            post(conn)
+            post(conn, BODY)
             counts[i] += 1
         conn.close()
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.model import BinaryClassifier, ModelConfig, load_checkpoint, predict_proba
-from pipeline.tables import TableError, cell_problem, feature_matrix
+from pipeline.tables import FLOAT32_MAX, TableError, cell_problem, feature_matrix
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -192,6 +192,8 @@ class RequestGuard:
 
 def json_problem(payload: Any, features: tuple[str, ...]) -> str | None:
     """The first feature cell of a parsed JSON payload that cell_problem refuses, by row."""
+    if _plain_numbers(payload, features):
+        return None
     for i, row in enumerate(_payload_rows(payload)):
         for name in features:
             if name in row:
@@ -199,6 +201,30 @@ def json_problem(payload: Any, features: tuple[str, ...]) -> str | None:
                 if problem:
                     return f"request row {i + 1}, column {name!r}: {problem}"
     return None
+
+
+def _plain_numbers(payload: Any, features: tuple[str, ...]) -> bool:
+    """True when every feature cell of a dataframe_split payload is an int or float within float32: checked in bulk.
+
+    The common request, and the cells json_problem would pass one by one: cell_problem costs about 1 us a
+    cell, 0.2 s for 2,000 rows of 100 features. Anything else (booleans, strings, None, ragged rows, other
+    payloads) is left to the cell-by-cell check, which names the first bad cell.
+    """
+    table = payload.get("dataframe_split") if isinstance(payload, dict) and len(payload) == 1 else None
+    columns, data = (table.get("columns"), table.get("data")) if isinstance(table, dict) else (None, None)
+    if not (isinstance(columns, list) and isinstance(data, list)):
+        return False
+    if not all(isinstance(row, list) and len(row) == len(columns) for row in data):
+        return False
+    at = [j for j, name in enumerate(columns) if isinstance(name, str) and name in features]
+    cells = [row[j] for row in data for j in at]
+    if not {type(cell) for cell in cells} <= {int, float}:  # type(True) is bool: refused cell by cell
+        return False
+    try:
+        X = np.array(cells, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        return False
+    return bool(np.all(np.abs(X) <= FLOAT32_MAX))  # NaN compares False; inf is beyond
 
 
 def csv_problem(body: bytes, features: tuple[str, ...]) -> str | None:

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.model import load_checkpoint, predict_proba
+from pipeline.serving import json_problem
 from pipeline.tables import TableError, feature_matrix
 
 from .conftest import REPO, run_env, sh
@@ -423,6 +424,22 @@ def test_device_comes_from_model_config(registered):
 
 
 # ---------------------------------------------------------------- shared input checks
+def test_wide_json_requests_pass_in_bulk_and_a_bad_cell_is_still_named():
+    features = tuple(f"x{j}" for j in range(1, 101))
+    rows = [[i, *r] for i, r in enumerate(np.random.default_rng(0).normal(size=(2000, 99)).tolist())]  # ints too
+
+    def payload(data: list[list]) -> dict:
+        return {"dataframe_split": {"columns": ["id", *features], "data": [[f"r{i}", *r] for i, r in enumerate(data)]}}
+
+    assert json_problem(payload(rows), features) is None  # a text id column beside the features is not checked
+    cells = {True: "not a number: True", None: "missing", "abc": "not a number: 'abc'", 1e39: "1e+39 is beyond float32",
+             float("nan"): "missing", 10**400: "an integer of 401 digits"}  # fmt: skip
+    for cell, words in cells.items():
+        bad = [list(r) for r in rows]
+        bad[-1][-1] = cell
+        assert json_problem(payload(bad), features).startswith(f"request row 2000, column 'x100': {words}")
+
+
 def test_feature_matrix_accepts_numbers_and_names_bad_cells():
     features = ("x1", "x2")
     frame = pd.DataFrame({"x2": np.float32([2, 3]), "x1": np.int64([1, 2]), "id": ["a", "b"]})

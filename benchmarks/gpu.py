@@ -4,8 +4,8 @@ In a temp git copy of the project, on the synthetic table (--rows x --features; 
   1. `dvc repro` with train.device=cpu, then `dvc exp run -S train.device=<device>` and `-S train.device=auto`:
      each train stage's wall time, and the device its MLflow run recorded (tag pipeline.device);
   2. with cuda, the train stage under `torchrun --nproc_per_node=<GPUs>` (NCCL from two GPUs on) against the
-     one-process cuda model: the weights within 1e-3; then one process more than there are GPUs, which must
-     stop with an error that says so;
+     one-process cuda model (the largest weight difference); then one process more than there are GPUs,
+     which must stop with an error that says so;
   3. the registered model served by `python -m pipeline serve --device cpu` and `--device <device>` (MLflow's
      SERVING_MODEL_CONFIG): the answers to one --batch-rows request compared bit for bit, the p50 latency of
      a one-row request, and rows/s of --batch-rows requests.

@@ -229,6 +229,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
+def refused(X: np.ndarray) -> np.ndarray:
+    """Where a float64 matrix holds what cell_problem refuses of a number: NaN, infinity, beyond float32."""
+    return ~np.isfinite(X) | (np.abs(X) > FLOAT32_MAX)
+
+
 def feature_matrix(frame: pd.DataFrame, features: tuple[str, ...], first_row: int = 1) -> np.ndarray:
     """The model's features as a float64 matrix: numbers accepted; booleans, strings, NaN and inf refused."""
     missing = [f for f in features if f not in frame.columns]
@@ -240,7 +245,7 @@ def feature_matrix(frame: pd.DataFrame, features: tuple[str, ...], first_row: in
     if problem:
         raise TableError(problem)
     X = columns.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(X) | (np.abs(X) > FLOAT32_MAX)
+    bad = refused(X)
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise TableError(f"row {first_row + i}, column {features[j]!r}: {cell_problem(X[i, j])}")

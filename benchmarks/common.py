@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -153,3 +155,17 @@ def post(conn: http.client.HTTPConnection, body: bytes) -> bytes:
     if response.status != 200:
         sys.exit(f"request failed with {response.status}: {answer[:300]!r}")
     return answer
+
+
+def latency(port: int, n: int, body: bytes, warm: int = 50) -> tuple[float, float]:
+    """p50 and p99 in ms of n sequential requests of one body on a kept-alive connection, after `warm` untimed."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)  # a wide batch can take seconds
+    for _ in range(warm):
+        post(conn, body)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        post(conn, body)
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from common import Watch, clean_env, post, project_copy, stage_of, start, stop
+from common import Watch, clean_env, latency, post, project_copy, stage_of, start, stop
 
 
 def on_synthetic(rows: int, features: int):
@@ -81,24 +79,15 @@ def serve(device: str, model_uri: str, body: dict[str, bytes], root: Path, env: 
     args += ["--port", "{port}", "--max-request-mb", "512"]
     proc, port = start(args, env, root, root / f"serve_{device}.log")
     try:
+        # warm: the first requests pay for imports, kernels and allocations
+        one_ms, _ = latency(port, n, body["one"], warm=20)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        for _ in range(20):  # warm: the first requests pay for imports, kernels and allocations
-            post(conn, body["one"])
-        one = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            post(conn, body["one"])
-            one.append(time.perf_counter() - t0)
-        answer = post(conn, body["batch"])
-        batch = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            post(conn, body["batch"])
-            batch.append(time.perf_counter() - t0)
+        answer = post(conn, body["batch"])  # the answer compared across devices, and the batch's warm-up
         conn.close()
+        batch_ms, _ = latency(port, 5, body["batch"], warm=0)
     finally:
         stop(proc)
-    return {"p50_ms": statistics.median(one) * 1e3, "batch_s": statistics.median(batch), "answer": answer}
+    return {"p50_ms": one_ms, "batch_s": batch_ms / 1e3, "answer": answer}
 
 
 def request_bodies(rows: int, features: int) -> dict[str, bytes]:

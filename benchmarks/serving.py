@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import post, start, stop
+from common import latency, post, start, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = json.dumps({"dataframe_split": {"columns": ["x1", "x2"], "data": [[4, 3]]}}).encode()
@@ -101,20 +101,6 @@ def build_models(tmp: Path) -> dict[str, Path]:
         pip_requirements=spec["pip_requirements"],
     )
     return {**paths, "checkpoint": checkpoint}
-
-
-def latency(port: int, n: int) -> tuple[float, float]:
-    """p50 and p99 of sequential single-row requests, in ms."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    for _ in range(50):
-        post(conn, BODY)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        post(conn, BODY)
-        times.append(time.perf_counter() - t0)
-    conn.close()
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 
 def throughput(port: int, seconds: float, clients: int = 8) -> float:
@@ -197,7 +183,7 @@ def main() -> None:
         for label, args in servers.items():
             proc, port = start(args, server_env, tmp, tmp / "server.log")
             try:
-                p50, p99 = latency(port, opts.requests)
+                p50, p99 = latency(port, opts.requests, BODY)
                 rps = throughput(port, opts.seconds)
             finally:
                 stop(proc)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from pipeline import files, interrupts, store
 from pipeline.child import InChild
@@ -33,6 +34,8 @@ def score(data_dir: Path, model_path: Path, params: BaselineParams) -> Scored:
     has no scaling of its own): no scaled copy. scikit-learn 1.9 fits float32 as it is (lbfgs included: no
     float64 copy).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from pipeline import data, metrics
     from pipeline.model import load_checkpoint, score_prepared
 
@@ -40,17 +43,24 @@ def score(data_dir: Path, model_path: Path, params: BaselineParams) -> Scored:
     model, config = load_checkpoint(model_path)
     if config.features != prepared.features:
         raise ValueError(f"{model_path}: model features {config.features} != prepared {prepared.features}")
-    baseline = metrics.fit_baseline(prepared.X_train, prepared.y_train, params)
-    train_proba = metrics.baseline_proba(baseline, prepared.X_train)
-    cost, accuracy = metrics.cost_and_accuracy(prepared.y_train, train_proba, config.threshold)
-    probabilities = {
-        "model": score_prepared(model, config, prepared),
-        "baseline": metrics.baseline_proba(baseline, prepared.X_test),
-    }
     y = prepared.y_test
+
+    def evaluated(p: np.ndarray) -> tuple[dict[str, float], metrics.Curves]:
+        return metrics.scores(y, p, config.threshold), metrics.curves(y, p, config.threshold)
+
+    # BinaryClassifier's scores on a thread while scikit-learn fits: its loss runs on one core, and numpy's
+    # sorts and sums release the GIL (evaluate of 5M x 100: median 8.5 -> 8.1 s, six runs each, interleaved)
+    with ThreadPoolExecutor(1) as pool:
+        ours = pool.submit(lambda: evaluated(score_prepared(model, config, prepared)))
+        baseline = metrics.fit_baseline(prepared.X_train, prepared.y_train, params)
+        theirs = evaluated(metrics.baseline_proba(baseline, prepared.X_test))
+        cost, accuracy = metrics.cost_and_accuracy(
+            prepared.y_train, metrics.baseline_proba(baseline, prepared.X_train), config.threshold
+        )
+        results = {"model": ours.result(), "baseline": theirs}
     return Scored(
-        {k: metrics.scores(y, p, config.threshold) for k, p in probabilities.items()},
-        {FAMILIES[k]: metrics.curves(y, p, config.threshold) for k, p in probabilities.items()},
+        {k: r[0] for k, r in results.items()},
+        {FAMILIES[k]: r[1] for k, r in results.items()},
         {"cost": cost, "accuracy": accuracy},
         int(y.shape[0]),
     )

@@ -1,27 +1,33 @@
 """The whole pipeline against the plain script a user would write instead, side by side on one Parquet file.
 
-Writes one seeded Parquet table (float32 features x1..xF, int8 label y; the prepare stage's synthetic model),
-then runs, each from a clean state and one after the other:
+Writes one seeded Parquet table (float32 features x1..xF, int8 label y; the prepare stage's synthetic model) in
+row groups of --row-group-rows (default: pyarrow's, i.e. what `DataFrame.to_parquet` writes), then runs, each
+from a clean state, --repeats times in alternating order (pipeline first, then script first, ...):
   (a) this pipeline in a fresh copy of the project: `dvc repro` (prepare.source = the file, test_size 0.2,
       standardize true, train.optimizer lbfgs; new MLflow store, empty DVC cache), then
       `python -m pipeline predict` of the registered model over the same file;
   (b) the plain script: pandas read_parquet, a stratified train_test_split, StandardScaler,
       LogisticRegression(lbfgs), predict_proba with roc_auc and log_loss on the test split, the model saved
       with joblib, then the whole file scored to Parquet.
-Each side's wall time and peak RSS (its whole process tree summed, sampled every 20 ms) are printed, the
-pipeline's per stage (peak RSS against the bound 1.5 x X + 1 GiB), then `pipeline prepare` of the file (and
-of a CSV of its first --csv-rows rows) against a process that only reads it with pyarrow (--repeats runs each,
-interleaved; medians), and last
-`ratio_time: X` and `ratio_rss: Y` (pipeline / script). A script that fails (at 10M x 100 on a 24 GiB machine
-the OOM killer stops it) is reported with its time and peak RSS, and that size's ratios are n/a.
-`--sweep` runs 1M, 2M, 5M and 10M rows and ends with the largest.
+Each run's wall time and peak RSS (its whole process tree summed, sampled every 20 ms) are printed, and each
+side's median run in full: the pipeline's per stage (peak RSS against the bound 1.5 x X + 1 GiB). Then
+`pipeline prepare` of the file (and of a CSV of its first --csv-rows rows) against a process that only reads it
+with pyarrow (--repeats runs each, interleaved; medians), and last `ratio_time: X` and `ratio_rss: Y` (the
+pipeline's median run / the script's). A script that fails (at 10M x 100 on a 24 GiB machine the OOM killer may
+stop it) is reported with its time and peak RSS, and that size's ratios are n/a.
+`--sweep` runs 1M, 2M, 5M and 10M rows, ends with the largest, and fits each side's median times to
+fixed seconds + seconds per million rows.
 
 Where a virtual machine's host backs guest memory on first touch (the 2-core machine here: about 3 s per
 fresh GiB, page cache included, and memory freed for a minute is fresh again), a side's time is largely the
-memory it touches; that is why the figures move between runs.
+memory it touches; that is why single runs move by a third and the medians are what is compared.
+
+The row groups matter to the script: pandas read the same 5M x 100 table in 2.8-3.5 s from 1Mi-row groups and
+in 6.7-11.6 s from 64Ki-row groups (this benchmark's layout before), while the pipeline reads either at the same
+speed, so small row groups flattered the pipeline.
 
     python benchmarks/pipeline_scale.py --rows 1000000 --features 100 [--sweep] [--csv-rows N] [--repeats N]
-                                        [--json F]
+                                        [--row-group-rows N] [--json F]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from common import STAGES, Watch, clean_env, project_copy, stage_of
 
 SWEEP = (1_000_000, 2_000_000, 5_000_000, 10_000_000)
 SEED = 1
+ROW_GROUP_ROWS = 1 << 20  # pyarrow's default row group, so what pandas' DataFrame.to_parquet writes
 
 SCRIPT = textwrap.dedent(
     """
@@ -68,26 +75,36 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def write_table(path: Path, rows: int, features: int) -> int:
-    """The synthetic source's rows as Parquet, one row group per chunk; returns the float32 size of X."""
+def write_table(path: Path, rows: int, features: int, group_rows: int) -> int:
+    """The synthetic source's rows as Parquet in row groups of group_rows; returns the float32 size of X."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipeline.sources import synthetic
 
     source = synthetic(rows, features, SEED, "y")
-    writer = None
+    writer, pending = None, []
+
+    def flush() -> None:
+        nonlocal writer
+        table = pa.concat_tables(pending)
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=group_rows)
+        pending.clear()
+
     for chunk in source.chunks():
         columns = {name: chunk.X[:, j] for j, name in enumerate(source.features)}
-        table = pa.table({**columns, "y": chunk.y.astype("int8")})
-        writer = writer or pq.ParquetWriter(path, table.schema)
-        writer.write_table(table)
+        pending.append(pa.table({**columns, "y": chunk.y.astype("int8")}))
+        if sum(len(t) for t in pending) >= group_rows:
+            flush()
+    if pending:
+        flush()
     writer.close()
     return rows * features * 4
 
 
-def pipeline_side(table: Path, tmp: Path) -> dict:
-    """dvc repro in a fresh copy of the project on the table, then pipeline predict over it."""
+def bench_project(table: Path, root: Path) -> Path:
+    """A fresh copy of the project at root on the table (linked into data/raw), with this benchmark's params."""
     import yaml
 
     def on_the_table(root: Path) -> None:
@@ -96,10 +113,18 @@ def pipeline_side(table: Path, tmp: Path) -> dict:
         params["train"]["optimizer"] = "lbfgs"
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    root = project_copy(tmp / "project", edit=on_the_table)
+    project_copy(root, edit=on_the_table)
     (root / "data" / "raw").mkdir(parents=True)
     # after the commit: a data file is DVC's to hash, not git's; linked, so the same bytes as the script reads
     os.link(table, root / "data" / "raw" / table.name)
+    return root
+
+
+def pipeline_side(table: Path, tmp: Path) -> dict:
+    """dvc repro in a fresh copy of the project on the table, then pipeline predict over it; the copy removed."""
+    import yaml
+
+    root = bench_project(table, tmp / "project")
     env, bin_dir = clean_env(), Path(sys.executable).parent
     watch = Watch(stage_of)
     repro = watch.check([str(bin_dir / "dvc"), "repro"], root, env)
@@ -108,6 +133,8 @@ def pipeline_side(table: Path, tmp: Path) -> dict:
     predict = watch.check([*args, "--input", str(table), "--output", str(tmp / "scored.parquet")], root, env)
     stages = {s: {"s": v["last"] - v["first"], "peak_rss": v["peak_rss"]} for s, v in watch.named.items()}
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    shutil.rmtree(root)  # its DVC cache and prepared arrays: the next run starts on the same free disk
+    (tmp / "scored.parquet").unlink()
     return {"repro_s": repro, "predict_s": predict, "s": repro + predict, "peak_rss": watch.peak, "stages": stages,
             "metrics": metrics}  # fmt: skip
 
@@ -120,6 +147,8 @@ def script_side(table: Path, tmp: Path) -> dict:
     args = [sys.executable, str(script), str(table), str(tmp / "model.joblib"), str(tmp / "script.parquet")]
     seconds, status, tail = watch.run(args, tmp, clean_env())
     failed = None if status == 0 else f"exit {status}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
+    for name in ("model.joblib", "script.parquet"):
+        (tmp / name).unlink(missing_ok=True)
     return {"s": seconds, "peak_rss": watch.peak, "failed": failed}
 
 
@@ -169,24 +198,44 @@ def warm_libraries() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=clean_env())
 
 
-def one_size(rows: int, features: int, csv_rows: int, repeats: int) -> dict:
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the lower middle one of an even count): a real run, reported whole."""
+    return sorted(runs, key=lambda r: r["s"])[(len(runs) - 1) // 2]
+
+
+def both_sides(table: Path, tmp: Path, repeats: int) -> tuple[list[dict], list[dict]]:
+    """The pipeline's and the script's runs, `repeats` each, in alternating order; libraries warmed before each."""
+    runs: dict[str, list[dict]] = {"pipeline": [], "script": []}
+    sides = {"pipeline": pipeline_side, "script": script_side}
+    for i in range(repeats):
+        for side in ("pipeline", "script") if i % 2 == 0 else ("script", "pipeline"):
+            warm_libraries()
+            runs[side].append(sides[side](table, tmp))
+    return runs["pipeline"], runs["script"]
+
+
+def one_size(rows: int, features: int, csv_rows: int, repeats: int, group_rows: int) -> dict:
     """Both sides on a fresh table of rows x features; prepare against pyarrow on it (and on a CSV of csv_rows)."""
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         table = tmp / "table.parquet"
-        x_bytes = write_table(table, rows, features)
-        warm_libraries()
-        ours = pipeline_side(table, tmp)
-        reads = [prepare_against_pyarrow(table, tmp / "project", repeats)]
+        x_bytes = write_table(table, rows, features, group_rows)
+        pipeline_runs, script_runs = both_sides(table, tmp, repeats)
+        root = bench_project(table, tmp / "project")
+        reads = [prepare_against_pyarrow(table, root, repeats)]
         if csv_rows:
-            reads.append(prepare_against_pyarrow(csv_copy(table, csv_rows), tmp / "project", repeats))
-        shutil.rmtree(tmp / "project")  # its DVC cache and prepared arrays: the script gets the same free disk
-        warm_libraries()
-        script = script_side(table, tmp)
+            reads.append(prepare_against_pyarrow(csv_copy(table, csv_rows), root, repeats))
+    ours, script = median_run(pipeline_runs), median_run(script_runs)
+    failed = next((r["failed"] for r in script_runs if r["failed"]), None)
     bound = 1.5 * x_bytes + 2**30
     mib = 2**20
     print(f"\n{rows:,} x {features} (X = {x_bytes / mib:,.0f} MiB float32; stage bound 1.5 X + 1 GiB = "
-          f"{bound / mib:,.0f} MiB)")  # fmt: skip
+          f"{bound / mib:,.0f} MiB; row groups of {group_rows:,} rows)")  # fmt: skip
+    for side, runs in (("pipeline", pipeline_runs), ("script", script_runs)):
+        shown = ", ".join(f"{r['s']:.1f} s / {r['peak_rss'] / mib:,.0f} MiB{' FAILED' if r.get('failed') else ''}"
+                          for r in runs)  # fmt: skip
+        print(f"  {side} runs: {shown}")
+    print("  the median runs:")
     for stage in STAGES:
         seen = ours["stages"].get(stage)
         if seen:
@@ -196,23 +245,36 @@ def one_size(rows: int, features: int, csv_rows: int, repeats: int) -> dict:
     print(f"  pipeline  {ours['s']:7.1f} s  peak RSS {ours['peak_rss'] / mib:7,.0f} MiB  "
           f"(dvc repro {ours['repro_s']:.1f} s + predict {ours['predict_s']:.1f} s; test roc_auc {auc[0]:.6f}, "
           f"baseline {auc[1]:.6f})")  # fmt: skip
-    failed = f"  FAILED ({script['failed']})" if script["failed"] else ""
-    print(f"  script    {script['s']:7.1f} s  peak RSS {script['peak_rss'] / mib:7,.0f} MiB{failed}")
+    print(f"  script    {script['s']:7.1f} s  peak RSS {script['peak_rss'] / mib:7,.0f} MiB"
+          f"{f'  FAILED ({failed})' if failed else ''}")  # fmt: skip
     for r in reads:
         shown = {side: ", ".join(f"{t:.1f}" for t in times) for side, times in r["runs"].items()}
         print(f"  prepare {r['file']}: {r['prepare_s']:.1f} s ({shown['prepare']}), {r['gb_per_s']:.2f} GB/s of "
               f"float32 out; pyarrow reading it {r['pyarrow_s']:.1f} s ({shown['pyarrow']}); ratio of the medians "
               f"{r['ratio']:.2f} (goal: 1 GB/s or <= 1.5)")  # fmt: skip
     ratios = {"ratio_time": None, "ratio_rss": None}
-    if not script["failed"]:
+    if not failed:
         ratios = {"ratio_time": ours["s"] / script["s"], "ratio_rss": ours["peak_rss"] / script["peak_rss"]}
         print(f"  ratio     {ratios['ratio_time']:7.3f} time, {ratios['ratio_rss']:.3f} peak RSS")
-    return {"rows": rows, "features": features, "x_bytes": x_bytes, "pipeline": ours, "script": script,
+    return {"rows": rows, "features": features, "x_bytes": x_bytes, "row_group_rows": group_rows,
+            "pipeline": ours, "script": script, "pipeline_runs": pipeline_runs, "script_runs": script_runs,
             "prepare_against_pyarrow": reads, **ratios}  # fmt: skip
 
 
 def _shown(ratio: float | None) -> str:
     return "n/a (the script failed)" if ratio is None else f"{ratio:.3f}"
+
+
+def linear_fit(results: list[dict], side: str) -> tuple[float, float] | None:
+    """Least squares of a side's median seconds on rows: (fixed seconds, seconds per million rows), if 2+ sizes."""
+    import numpy as np
+
+    done = [r for r in results if not r[side].get("failed")]
+    if len(done) < 2:
+        return None
+    millions = np.array([r["rows"] / 1e6 for r in done])
+    slope, fixed = np.polyfit(millions, [r[side]["s"] for r in done], 1)
+    return float(fixed), float(slope)
 
 
 def main() -> None:
@@ -222,7 +284,8 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--sweep", action="store_true", help="1M, 2M, 5M and 10M rows")
     parser.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the CSV prepare reads (0: none)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs each of prepare and pyarrow (medians)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, and of prepare and pyarrow")
+    parser.add_argument("--row-group-rows", type=int, default=ROW_GROUP_ROWS, help="rows per Parquet row group")
     parser.add_argument("--json", type=Path, default=Path("pipeline_scale.json"))
     opts = parser.parse_args()
     if opts.repeats < 1:
@@ -230,15 +293,19 @@ def main() -> None:
     sizes = SWEEP if opts.sweep else (opts.rows,)
     # the CSV once, beside the last (largest) size: writing it costs more than the measurement
     results = [
-        one_size(rows, opts.features, opts.csv_rows if i == len(sizes) - 1 else 0, opts.repeats)
+        one_size(rows, opts.features, opts.csv_rows if i == len(sizes) - 1 else 0, opts.repeats, opts.row_group_rows)
         for i, rows in enumerate(sizes)
     ]
     opts.json.write_text(json.dumps(results, indent=2) + "\n")
     if len(results) > 1:
-        print("\nrows         pipeline s   script s   ratio_time   ratio_rss")
+        print("\nrows         pipeline s   script s   ratio_time   ratio_rss   (median runs)")
         for r in results:
             print(f"{r['rows']:>10,}   {r['pipeline']['s']:10.1f}   {r['script']['s']:8.1f}   "
                   f"{_shown(r['ratio_time']):>10}   {_shown(r['ratio_rss']):>9}")  # fmt: skip
+        for side in ("pipeline", "script"):
+            fit = linear_fit(results, side)
+            if fit:
+                print(f"{side}: {fit[0]:.1f} s fixed + {fit[1]:.2f} s per million rows (least squares)")
     print(f"wrote {opts.json}")
     print(f"ratio_time: {_shown(results[-1]['ratio_time'])}")
     print(f"ratio_rss: {_shown(results[-1]['ratio_rss'])}")

@@ -16,7 +16,7 @@ from pipeline.tables import (
     check_file,
     csv_header,
     file_format,
-    float32_rows,
+    float32_columns,
     parquet_metadata,
     read_ahead,
     read_blocks,
@@ -41,7 +41,7 @@ def open_input(path: Path) -> InputFile:
 
 
 def score_file(
-    score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    score: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]],
     features: tuple[str, ...],
     source: InputFile,
     out: Path,
@@ -49,7 +49,7 @@ def score_file(
     keep: tuple[str, ...] = (),
     on_chunk: Callable[[Block], None] = lambda block: None,
 ) -> int:
-    """Score every row of `source` into `out` (atomically) with score(float32 rows) -> (probability, label).
+    """Score every row of `source` into `out` (atomically) with score(float32 columns) -> (probability, label).
 
     Arrow record batches all the way: pandas' frames and MLflow's per-column schema checks cost more than
     the scoring (measured at 1M x 100: 2.0 s of frame checks against 0.3 s of scoring); the checks are the
@@ -65,9 +65,9 @@ def score_file(
         # The reader prepare uses, the features parsed as numbers; the next block read while this one is scored.
         columns, where = list(features), str(source.path)
         blocks = read_blocks(source.path, list(source.columns), needed, columns, rows, {})
-        checked = ((b, float32_rows(b.batch, columns, where, b.first_row, finite=True)) for b in blocks)
-        for block, X in read_ahead(checked):
-            proba, label = score(X)
+        checked = ((b, float32_columns(b.batch, columns, where, b.first_row)) for b in blocks)
+        for block, values in read_ahead(checked):
+            proba, label = score(values)
             write(_outputs(block.batch.select(list(keep)), proba, label))
             n += len(proba)
             on_chunk(block)
@@ -113,7 +113,10 @@ def _parquet_writer(path: Path) -> Iterator[Callable[[Any], None]]:
 
     def write(table: Any) -> None:
         if not writers:
-            writers.append(pq.ParquetWriter(path, table.schema))
+            # Not a dictionary of probabilities: pyarrow tries one on each block's distinct floats and gives it up,
+            # which took 0.62 s of writing 10M rows instead of 0.25, for a file 24% larger.
+            encoded = [name for name in table.schema.names if name != "probability"]
+            writers.append(pq.ParquetWriter(path, table.schema, use_dictionary=encoded))
         writers[0].write_table(table)
 
     try:

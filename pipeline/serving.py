@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.model import BinaryClassifier, ModelConfig, load_checkpoint, predict_proba
+from pipeline.model import BinaryClassifier, ModelConfig, load_checkpoint, predict_proba, predict_proba_columns
 from pipeline.tables import TableError, cell_problem, feature_matrix, refused
 
 Scope = MutableMapping[str, Any]
@@ -57,7 +57,13 @@ class Scorer:
 
     def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probability of class 1 (float64) and label (int64) per row of checked feature values."""
-        proba = predict_proba(self.model, self.config, X)
+        return self._labelled(predict_proba(self.model, self.config, X))
+
+    def score_columns(self, columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """score() of rows given as checked float32 columns, one per feature (batch scoring's columnar input)."""
+        return self._labelled(predict_proba_columns(self.model, self.config, columns))
+
+    def _labelled(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return proba, (proba >= self.config.threshold).astype(np.int64)
 
     def get_raw_model(self) -> Scorer:

@@ -107,7 +107,7 @@ def _file_source(path: Path, header: list[str], chosen: tuple[str, ...], label: 
     def parsed() -> Iterator[Chunk]:
         for block in read_blocks(path, header, [label, *chosen], numbers, rows, hints):
             y = _labels(block.batch.column(label), positive)
-            X = float32_rows(block.batch, list(chosen), str(path), block.first_row, finite=False)  # NaN: missing
+            X = float32_rows(block.batch, list(chosen), str(path), block.first_row)  # NaN: missing
             yield Chunk(X, y, block.first_row)
 
     def chunks() -> Iterator[Chunk]:  # the next chunk parsed while prepare checks and writes this one

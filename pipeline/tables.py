@@ -150,14 +150,8 @@ def read_ahead(items: Iterator[T]) -> Iterator[T]:
             yield item
 
 
-def float32_rows(batch: Any, columns: list[str], where: str, first_row: int, finite: bool) -> np.ndarray:
-    """`columns` of a record batch as a C-order float32 matrix, nulls as NaN; refuses what the model cannot take.
-
-    Refused: a column that is not numbers (e.g. booleans), a value beyond float32, and with `finite` a NaN or
-    an infinity too.
-
-    pyarrow's row-major conversion (C++, one pass) runs at about twice a column-by-column copy into the matrix.
-    """
+def _numbers_only(batch: Any, columns: list[str], where: str, first_row: int) -> None:
+    """Refuse a column that is not numbers (e.g. booleans), naming its first valid cell."""
     import pyarrow as pa
 
     for name in columns:
@@ -167,19 +161,47 @@ def float32_rows(batch: Any, columns: list[str], where: str, first_row: int, fin
             i = next((k for k in range(len(values)) if values[k].is_valid), 0)
             problem = cell_problem(values[i].as_py()) if len(values) else None
             raise TableError(f"{where}, row {first_row + i}, column {name!r}: {problem or f'not numeric ({kind})'}")
+
+
+def float32_rows(batch: Any, columns: list[str], where: str, first_row: int) -> np.ndarray:
+    """`columns` of a record batch as a C-order float32 matrix, nulls as NaN, for prepare (which judges gaps).
+
+    Refused here: a column that is not numbers (e.g. booleans), and in a wider column a value beyond float32
+    (an infinity included), which float32 would round to infinity.
+
+    pyarrow's row-major conversion (C++, one pass) runs at about twice a column-by-column copy into the matrix.
+    """
+    _numbers_only(batch, columns, where, first_row)
     X = np.asarray(batch.select(columns).to_tensor(null_to_nan=True, row_major=True))
-    if X.dtype != np.float32:  # wider columns: a value beyond float32 is refused, not rounded to infinity
-        bad = np.abs(X) > FLOAT32_MAX  # infinities included; NaN (a missing cell) is not
-        if finite:
-            bad |= np.isnan(X)
-    elif finite:
-        bad = ~np.isfinite(X)
-    else:  # float32 holds nothing beyond float32; infinities and NaN are the caller's to judge
+    if X.dtype == np.float32:  # float32 holds nothing beyond float32
         return X
+    bad = np.abs(X) > FLOAT32_MAX  # wider columns: a value beyond float32 is refused, not rounded to infinity
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise TableError(f"{where}, row {first_row + i}, column {columns[j]!r}: {cell_problem(X[i, j])}")
-    return X.astype(np.float32, copy=False)
+    return X.astype(np.float32)
+
+
+def float32_columns(batch: Any, columns: list[str], where: str, first_row: int) -> list[np.ndarray]:
+    """`columns` of a record batch as float32 arrays, one per column, for scoring: every cell a finite number.
+
+    A TableError names the first cell, in row order, that is not a number, is missing, NaN, infinite or beyond
+    float32. No row-major matrix: the scorer sums each row feature by feature (model.column_logits).
+    """
+    _numbers_only(batch, columns, where, first_row)
+    arrays, first_bad = [], (len(batch), 0)  # (row, column) of the first refused cell
+    for j, name in enumerate(columns):
+        values = batch.column(name).to_numpy(zero_copy_only=False)  # a null becomes NaN
+        if values.dtype != np.float32:
+            values = values.astype(np.float64)  # what the server's frames hold: then rounded to float32 alike
+        bad = ~np.isfinite(values) if values.dtype == np.float32 else refused(values)
+        if bad.any():
+            first_bad = min(first_bad, (int(np.argmax(bad)), j))
+        arrays.append(values)
+    i, j = first_bad
+    if i < len(batch):
+        raise TableError(f"{where}, row {first_row + i}, column {columns[j]!r}: {cell_problem(arrays[j][i])}")
+    return [values.astype(np.float32, copy=False) for values in arrays]
 
 
 def first_bad_csv_cell(path: Path, header: list[str], numbers: list[str], hints: dict[str, str]) -> str | None:

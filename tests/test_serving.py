@@ -541,6 +541,22 @@ def test_batch_scoring_error_in_a_later_chunk_names_its_row_and_keeps_earlier_ou
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.parquet"])
 
 
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({"x1": [1.0, 2.0, 3.0, np.nan], "x2": [1.0, 2.0, np.inf, 4.0]}, "row 3, column 'x2'"),  # rows come first
+        ({"x1": [1.0, 2.0, np.nan, 4.0], "x2": [1.0, 2.0, np.inf, 4.0]}, "row 3, column 'x1'"),  # then columns
+        ({"x1": pd.array([1, None, 3, 4], dtype="Int64"), "x2": [1.0, 2.0, 3.0, 4.0]}, "row 2, column 'x1'"),
+    ],
+)
+def test_batch_scoring_names_the_first_bad_cell_in_row_order(registered, tmp_path, columns, message):
+    """Parquet is checked column by column; the error still names the cell a reader of the rows meets first."""
+    pd.DataFrame(columns).to_parquet(tmp_path / "in.parquet")
+    result = predict_cli(registered, "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "o.parquet"))
+    assert result.exit_code == 1, result.output
+    assert f"in.parquet, {message}: missing, NaN or infinite value" in result.output, result.output
+
+
 @pytest.mark.parametrize("cell", ["abc", "True", "1e39", "", "inf"])
 def test_a_bad_cell_gets_the_same_words_from_prepare_batch_scoring_and_the_server(registered, server, tmp_path, cell):
     from pipeline import data

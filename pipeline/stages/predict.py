@@ -39,7 +39,7 @@ def execute(
     started = time.perf_counter()
     with bar if tty else contextlib.nullcontext(bar):
         n = batch.score_file(
-            model.get_raw_model().score,
+            model.get_raw_model().score_columns,
             features,
             source,
             output_path,

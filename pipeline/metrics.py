@@ -67,16 +67,6 @@ def from_confusion(counts: np.ndarray) -> dict[str, np.ndarray]:
         }
 
 
-def scores(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
-    """accuracy, log_loss, roc_auc, f1, precision, recall from probabilities of class 1."""
-    y = np.asarray(y_true).astype(np.int64)
-    p = np.asarray(proba, dtype=np.float64)
-    counted = {k: float(v) for k, v in from_confusion(confusion(y, p, threshold)).items()}
-    result = {"log_loss": float(np.mean(row_log_loss(y, p))), "roc_auc": roc_auc(y, p), **counted}
-    assert result.keys() == METRICS.keys()  # the gate picks its metric from METRICS
-    return {k: result[k] for k in METRICS}
-
-
 def cost_and_accuracy(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> tuple[float, float]:
     """Mean log loss and accuracy, what a training history records: no ranking (sorting 8M rows takes seconds)."""
     y = np.asarray(y_true).astype(np.int64)
@@ -94,24 +84,33 @@ class Curves:
     confusion: np.ndarray  # [[tn, fp], [fn, tp]]
 
 
-def curves(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> Curves:
-    """ROC, precision-recall (scikit-learn's), calibration and confusion, reduced to fixed-size arrays."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
+def evaluation(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> tuple[dict[str, float], Curves]:
+    """The metrics (accuracy, log_loss, roc_auc, f1, precision, recall) and curves of probabilities of class 1.
+
+    ROC and precision-recall are scikit-learn's, roc_auc the area under that ROC (as roc_auc_score takes it:
+    ties count half); reduced to fixed-size arrays. One sort for the ROC and one for precision-recall: at 2M
+    rows a sort takes 0.2 s, and ranking the rows again for the AUC cost 0.5.
+    """
+    from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
     y = np.asarray(y_true).astype(np.int64)
     p = np.asarray(proba, dtype=np.float64)
+    counts = confusion(y, p, threshold)
     fpr, tpr, _ = roc_curve(y, p)
+    counted = {k: float(v) for k, v in from_confusion(counts).items()}
+    result = {"log_loss": float(np.mean(row_log_loss(y, p))), "roc_auc": float(auc(fpr, tpr)), **counted}
+    assert result.keys() == METRICS.keys()  # the gate picks its metric from METRICS
     at_fpr = np.searchsorted(fpr, GRID, side="right") - 1  # the last ROC point at or left of each grid FPR
-    precision, recall, _ = precision_recall_curve(y, p)
-    order = np.argsort(recall, kind="mergesort")
-    best_to_the_right = np.maximum.accumulate(precision[order][::-1])[::-1]
-    at_recall = np.clip(np.searchsorted(recall[order], GRID, side="left"), 0, recall.size - 1)
+    precision, recall, _ = precision_recall_curve(y, p)  # recall comes decreasing: reversed, it is sorted
+    best_to_the_right = np.maximum.accumulate(precision)[::-1]  # max precision at recall >= r, by rising recall
+    at_recall = np.clip(np.searchsorted(recall[::-1], GRID, side="left"), 0, recall.size - 1)
     bins = np.minimum((p * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
     count = np.bincount(bins, minlength=CALIBRATION_BINS)
     positives = np.bincount(bins, weights=y, minlength=CALIBRATION_BINS)
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = np.where(count > 0, positives / count, np.nan)
-    return Curves(tpr[at_fpr], best_to_the_right[at_recall], fraction, confusion(y, p, threshold))
+    curves = Curves(tpr[at_fpr], best_to_the_right[at_recall], fraction, counts)
+    return {k: result[k] for k in METRICS}, curves
 
 
 def bin_centers() -> np.ndarray:

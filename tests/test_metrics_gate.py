@@ -5,7 +5,7 @@ import pytest
 from sklearn import metrics
 
 from pipeline import gate, store
-from pipeline.metrics import cost_and_accuracy, fit_baseline, scores
+from pipeline.metrics import cost_and_accuracy, evaluation, fit_baseline
 from pipeline.params import BaselineParams
 from pipeline.stages import project_root
 
@@ -25,7 +25,7 @@ def test_scores_match_scikit_learn(n):
         "precision": metrics.precision_score(y, pred),
         "recall": metrics.recall_score(y, pred),
     }
-    ours = scores(y, proba, 0.5)
+    ours, _ = evaluation(y, proba, 0.5)
     assert ours.keys() == reference.keys()
     for key, value in reference.items():
         assert ours[key] == pytest.approx(value, abs=1e-12), key

@@ -83,7 +83,7 @@ def _rescore(client: Any, name: str, version: str, prepared_dir: Path) -> tuple[
     if scored is None:
         return None
     proba, threshold = scored
-    return metrics.scores(prepared.y_test, proba, threshold), metrics.curves(prepared.y_test, proba, threshold)
+    return metrics.evaluation(prepared.y_test, proba, threshold)
 
 
 def _params_diff(client: Any, champion_run: str, challenger_run: str) -> list[tuple[str, str, str]]:

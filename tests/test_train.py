@@ -353,6 +353,17 @@ def test_lbfgs_fused_equals_an_unfused_lbfgs_and_sklearn_within_1e_3():
     assert abs(bias[0] - bias[1]) < 1e-3 and abs(bias[1] - bias[2]) < 1e-3
 
 
+def test_lbfgs_on_rows_prepare_standardised_skips_the_moments_pass_for_the_same_optimum(monkeypatch):
+    X, y = standardized_breast_cancer()
+    overrides = ["train.optimizer=lbfgs", "train.C=0.5", "train.epochs=500", "train.log_every=100000"]
+    params = load_params(REPO / "params.yaml", overrides).train
+    measured = train(X, y, params, torch.device("cpu"), lambda line: None)
+    monkeypatch.setattr("pipeline.training.column_moments", lambda *args: pytest.fail("a pass for known moments"))
+    assumed = train(X, y, params, torch.device("cpu"), lambda line: None, standardized=True)
+    for ours, theirs in zip(assumed.model.parameters(), measured.model.parameters(), strict=True):
+        np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

@@ -98,6 +98,7 @@ def fit(emit: Callable[[HistoryChunk], None], data_dir: Path, params: TrainParam
             _print_now if rank.rank == 0 else (lambda line: None),
             lambda first, cost, accuracy: emit(HistoryChunk(first, cost, accuracy)),
             shard=training.Shard(rank.rank, rank.world, n_total),
+            standardized=prepared.mean is not None,
         )
     finally:
         if rank.world > 1:

@@ -301,7 +301,7 @@ def train(
     n_total = shard.n_total or n_local
     # L-BFGS (full batch) takes the fused pass: loss and gradient in one read of X. It is as ill-conditioned
     # as the features' scales are apart, so it optimises in standardised coordinates (the columns' moments
-    # from one pass; 0 and 1 without that pass where prepare standardised the rows, which saves 0.55 s at
+    # from one pass; 0 and 1 without that pass where prepare standardised the rows, which saves 0.3-0.6 s at
     # 10M x 100), penalises the weights on the rows as given and unfolds them at the end: the same objective
     # and optimum, in a fraction of the passes.
     fused = params.optimizer == "lbfgs"

@@ -169,10 +169,14 @@ class NpyWriter:
 class Moments:
     """Per-column mean and standard deviation in one pass, block by block.
 
-    Sums of x - K and (x - K)^2 around a shift K (the first block's mean) in float32 blocks, accumulated in
-    float64: K keeps the squares free of cancellation whatever the columns' offsets, and numpy's float64
-    column sums run at about 2 GB/s here, where a float64 copy of each block (Chan's update) ran at 0.3.
+    Sums of x - K and (x - K)^2 around a shift K (the first block's mean): K keeps the squares free of
+    cancellation whatever the columns' offsets. Each run of GROUP_ROWS rows is summed in float32 and the
+    runs' sums are accumulated in float64: within float32 rounding of float64 sums throughout, in numpy's
+    fixed order (the same bits on any CPU), at twice the speed of casting every block to float64 to sum it
+    (3.5 against 1.9 GB/s here; that was 5.7 s of prepare at 10M x 100 on two busy cores).
     """
+
+    GROUP_ROWS = 32  # float32 runs this long stay within a few float32 ulps; longer ones were no faster
 
     def __init__(self, n_columns: int) -> None:
         self.n, self.shift = 0, None
@@ -189,10 +193,16 @@ class Moments:
             self.buffer = np.empty(block.size, dtype=np.float32)
         centred = self.buffer[: block.size].reshape(block.shape)
         np.subtract(block, self.shift, out=centred)
-        self.sums += centred.sum(axis=0, dtype=np.float64)
+        self.sums += self._sum(centred)
         np.square(centred, out=centred)
-        self.squares += centred.sum(axis=0, dtype=np.float64)
+        self.squares += self._sum(centred)
         self.n += block.shape[0]
+
+    def _sum(self, rows: np.ndarray) -> np.ndarray:
+        """Column sums in float64 of float32 sums over runs of GROUP_ROWS rows (the last run shorter)."""
+        whole = rows.shape[0] - rows.shape[0] % self.GROUP_ROWS
+        runs = rows[:whole].reshape(-1, self.GROUP_ROWS, rows.shape[1]).sum(axis=1)
+        return runs.sum(axis=0, dtype=np.float64) + rows[whole:].sum(axis=0, dtype=np.float64)
 
     def result(self) -> tuple[list[float], list[float]]:
         """Mean and population standard deviation, as the float32 values X is scaled with; constant columns: 1."""

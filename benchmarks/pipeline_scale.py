@@ -18,9 +18,12 @@ stop it) is reported with its time and peak RSS, and that size's ratios are n/a.
 `--sweep` runs 1M, 2M, 5M and 10M rows, ends with the largest, and fits each side's median times to
 fixed seconds + seconds per million rows.
 
-Where a virtual machine's host backs guest memory on first touch (the 2-core machine here: about 3 s per
-fresh GiB, page cache included, and memory freed for a minute is fresh again), a side's time is largely the
-memory it touches; that is why single runs move by a third and the medians are what is compared.
+Two things on the 2-core VM here move single runs by a third, which is why the medians are compared. Its host
+backs guest memory on first touch (about 3 s per fresh GiB, page cache included), and the balloon driver
+reports free 2 MiB blocks back to it within seconds (page_reporting_order 9), after which they are fresh again:
+a side's time is largely the memory it touches. And the guest runs DAMON reclaim (kdamond, configured under
+/sys/kernel/mm/damon/admin): file pages no process maps that have gone unread for a minute (12 aggregations of
+5 s) are dropped, up to 128 MiB/s, so a library or the table left cold between two steps is read from disk again.
 
 The row groups matter to the script: pandas read the same 5M x 100 table in 2.8-3.5 s from 1Mi-row groups and
 in 6.7-11.6 s from 64Ki-row groups (this benchmark's layout before), while the pipeline reads either at the same

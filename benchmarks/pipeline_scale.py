@@ -196,8 +196,17 @@ def csv_copy(table: Path, rows: int) -> Path:
 
 def warm_libraries() -> None:
     """Import what either side imports, untimed, so neither reads library files back from disk."""
-    # a big table's page cache evicts them: a 17 s train stage at 1M right after a 10M run, 5 s otherwise
-    code = "import dvc.repo, mlflow, pandas, pyarrow.parquet, sklearn.linear_model, torch"
+    # Cold (a big table's page cache, or DAMON after a minute unread), they cost a 17 s train stage at 1M right
+    # after a 10M run against 5 s. Named one by one: the stages import more than `import torch` or `import mlflow`
+    # does (torch.optim's first use imports torch._dynamo, evaluate draws with matplotlib, each stage opens the
+    # sqlite store), and with those left out only the script's imports were all warm.
+    modules = [
+        "dvc.repo", "joblib", "matplotlib.backends.backend_agg", "matplotlib.figure", "mlflow.pyfunc",
+        "mlflow.store.model_registry.sqlalchemy_store", "mlflow.store.tracking.sqlalchemy_store", "pandas",
+        "pyarrow.csv", "pyarrow.parquet", "sklearn.linear_model", "sklearn.metrics", "sklearn.model_selection",
+        "sklearn.preprocessing", "torch", "torch._dynamo",
+    ]  # fmt: skip
+    code = f"import {', '.join(modules)}"
     subprocess.run([sys.executable, "-c", code], check=True, env=clean_env())
 
 

@@ -9,6 +9,8 @@ from pipeline.metrics import cost_and_accuracy, evaluation, fit_baseline
 from pipeline.params import BaselineParams
 from pipeline.stages import FAMILIES, project_root
 
+from .conftest import prepared
+
 
 @pytest.mark.parametrize("n", [6, 57, 1000])
 def test_scores_match_scikit_learn(n):
@@ -44,13 +46,12 @@ def test_baseline_is_scikit_learn_logistic_regression():
 def test_evaluate_scores_both_models_and_refuses_a_model_for_other_features(tmp_path):
     import re
 
-    from pipeline import data
     from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes
     from pipeline.sources import open_source
     from pipeline.stages.evaluate import score
 
     tutorial = open_source(str(Path(__file__).resolve().parents[1] / "data/raw/tutorial.csv"), "y", None, 0, 0, 1, None)
-    data.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False, "error")
+    prepared(tutorial, tmp_path / "prep")
     params, model = BaselineParams(C=1.0, max_iter=1000, solver="lbfgs"), tmp_path / "model.pt"
     model.write_bytes(checkpoint_bytes(BinaryClassifier(2), ModelConfig(2, ("x1", "x2"), 0.5)))
     scored = score(tmp_path / "prep", model, params)

@@ -25,7 +25,7 @@ from pipeline.tables import (
 
 BUILTIN_SOURCES = ("breast_cancer",)
 SYNTHETIC = "synthetic"
-CHUNK_ROWS = 1 << 16  # rows per chunk for generated and Parquet data (CSV: pyarrow's 16 MiB blocks)
+CHUNK_ROWS = 1 << 16  # rows per chunk for generated and Parquet data (CSV: pieces of 16 MiB)
 LABEL_HINT = "; labels must be 0 or 1 (or set prepare.positive to the value that means 1)"
 
 

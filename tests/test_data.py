@@ -249,6 +249,27 @@ def test_csv_and_parquet_stream_in_chunks_with_row_numbers(tmp_path, monkeypatch
         source(str(tmp_path / "t.csv"), features=["c"])
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_csv_pieces_parsed_apart_read_as_the_whole_file(tmp_path, monkeypatch, newline):
+    from pipeline import tables
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"a": rng.normal(size=3000).astype(np.float32), "answer": rng.choice(["yes", "no"], 3000)})
+    frame["b"] = rng.integers(-5, 5, 3000)
+    text = frame.to_csv(index=False, lineterminator=newline)[: -len(newline)]  # no line end after the last row
+    (tmp_path / "t.csv").write_text(text, newline="")
+    monkeypatch.setattr(tables, "CSV_BLOCK_BYTES", 1000)  # pieces of about 45 lines
+    table = prepared(source(str(tmp_path / "t.csv"), label="answer", positive="yes"), tmp_path / "p")
+    np.testing.assert_array_equal(table.X_train, frame[["a", "b"]].to_numpy(np.float32))
+    np.testing.assert_array_equal(table.y_train, (frame["answer"] == "yes").to_numpy(np.float32))
+    # typed by the first piece, the label stays text in later pieces that hold numbers alone: "01" is not "1"
+    frame.loc[2000:, "answer"] = "01"
+    frame.loc[2999, "answer"] = "1"
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    table = prepared(source(str(tmp_path / "t.csv"), label="answer", positive="1"), tmp_path / "q")
+    assert table.y_train.nonzero()[0].tolist() == [2999]
+
+
 def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path, monkeypatch):
     from pipeline import sources
 

@@ -24,7 +24,10 @@ reports free 2 MiB blocks back to it within seconds (page_reporting_order 9), af
 a side's time is largely the memory it touches. And the guest runs DAMON reclaim (kdamond, configured under
 /sys/kernel/mm/damon/admin): file pages no process maps that have gone unread for a minute (12 aggregations of
 5 s) are dropped, up to 128 MiB/s, so a library or the table left cold between two steps is read from disk again.
-Before each run, untimed, the libraries either side uses are imported and the table is read (warm_caches).
+Before each run, untimed, the libraries either side uses are imported and the table is read (warm_caches), and
+then nothing runs for SETTLE_S: memory freed just before a run (by the warm-up, or by the other side's run) is
+still backed for about 2 s, and a run that started on it got that much memory at a tenth of the cost (4 GiB
+touched again at once: 7.1 GiB/s; 2 s later: 0.9; 5 s later: 0.55).
 
 The row groups matter to the script: pandas read the same 5M x 100 table in 2.8-3.5 s from 1Mi-row groups and
 in 6.7-11.6 s from 64Ki-row groups (this benchmark's layout before), while the pipeline reads either at the same
@@ -45,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 from common import STAGES, Watch, clean_env, project_copy, stage_of
@@ -52,6 +56,7 @@ from common import STAGES, Watch, clean_env, project_copy, stage_of
 SWEEP = (1_000_000, 2_000_000, 5_000_000, 10_000_000)
 SEED = 1
 ROW_GROUP_ROWS = 1 << 20  # pyarrow's default row group, so what pandas' DataFrame.to_parquet writes
+SETTLE_S = 8  # before each timed run: memory freed by the run before is fresh again 2 s on (see the note above)
 
 SCRIPT = textwrap.dedent(
     """
@@ -159,9 +164,9 @@ def script_side(table: Path, tmp: Path) -> dict:
 def prepare_against_pyarrow(source: Path, root: Path, repeats: int) -> dict:
     """`pipeline prepare` of a file (as the benchmark's params) against a process that only reads it with pyarrow.
 
-    Each is timed `repeats` times, in turn and in alternating order (pyarrow first, then prepare first, ...);
-    the medians are compared. One run each is not enough here: whichever runs on memory the host has just
-    backed (see the module's note) can take half the time of the other, either way round.
+    Each is timed `repeats` times, in turn and in alternating order (pyarrow first, then prepare first, ...),
+    each run SETTLE_S after the one before; the medians are compared. Run at once, whichever ran on the memory
+    the run before had just freed (see the module's note) took half the time of the other, either way round.
     """
     read = "pq.read_table" if source.suffix == ".parquet" else "pacsv.read_csv"
     code = f"import pyarrow.csv as pacsv, pyarrow.parquet as pq; {read}({str(source)!r})"
@@ -171,6 +176,7 @@ def prepare_against_pyarrow(source: Path, root: Path, repeats: int) -> dict:
     runs: dict[str, list[float]] = {side: [] for side in commands}
     for i in range(repeats):
         for side in ("pyarrow", "prepare") if i % 2 == 0 else ("prepare", "pyarrow"):
+            time.sleep(SETTLE_S)
             runs[side].append(watch.check(commands[side], root, env))
             if side == "prepare":
                 out_bytes = sum(f.stat().st_size for f in out.glob("X_*.npy"))
@@ -230,6 +236,7 @@ def both_sides(table: Path, tmp: Path, repeats: int) -> tuple[list[dict], list[d
     for i in range(repeats):
         for side in ("pipeline", "script") if i % 2 == 0 else ("script", "pipeline"):
             warm_caches(table)
+            time.sleep(SETTLE_S)  # the warm-up's freed memory reported back: neither side starts on it
             runs[side].append(sides[side](table, tmp))
     return runs["pipeline"], runs["script"]
 

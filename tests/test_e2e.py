@@ -195,3 +195,67 @@ def test_queued_sweep_lands_in_dvc_and_in_one_mlflow_store(project):
     markdown = (project / "reports/report.md").read_text()
     assert "| metric |" in markdown and "![ROC](figures/roc.png)" in markdown
     assert (project / "reports/figures/roc.png").read_bytes().startswith(b"\x89PNG")
+
+
+# Runs a command and prints, last, the peak RSS in KiB of the largest process of its tree (the stages and their
+# children are waited for, so RUSAGE_CHILDREN covers every one of them, and nothing of the test's own).
+PEAK_RSS = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def with_peak_rss(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, int]:
+    """A command's output and the peak RSS in bytes of the largest process it ran."""
+    out = sh([sys.executable, "-c", PEAK_RSS, *args], cwd, env).stdout
+    head, _, peak = out.rstrip().rpartition("\n")
+    return head, int(peak) * 1024
+
+
+def test_a_parquet_table_through_every_stage_then_batch_scoring(project, tmp_path):
+    """benchmarks/pipeline_scale.py's pipeline side at a size CI affords, checked instead of timed.
+
+    A Parquet table (several row groups) split, standardised and fitted with L-BFGS at scikit-learn's C, then
+    scored whole by `pipeline predict`: the model matches the baseline, the scored file gives the test rows the
+    metrics evaluate reported, and every process stays within the bound of issue 9 (1.5 x X + 1 GiB).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from pipeline.data import stratified_split
+    from pipeline.sources import synthetic
+
+    rows, features = 300_000, 20
+    table = project / "data" / "raw" / "table.parquet"
+    source = synthetic(rows, features, 1, "y")
+    with pq.ParquetWriter(table, pa.schema([*((f, pa.float32()) for f in source.features), ("y", pa.int8())])) as w:
+        for chunk in source.chunks():
+            columns = {name: chunk.X[:, j] for j, name in enumerate(source.features)}
+            w.write_table(pa.table({**columns, "y": chunk.y.astype("int8")}), row_group_size=100_000)
+    (project / "data" / "raw" / "tutorial.csv").unlink()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["prepare"].update(source="data/raw/table.parquet", test_size=0.2, standardize=True)
+    params["train"].update(optimizer="lbfgs", C=params["evaluate"]["baseline"]["C"])
+    params["register"]["model_name"] = "Synthetic"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bound = 1.5 * rows * features * 4 + 2**30
+
+    cmd, env = dvc_command(project, "repro")
+    _, repro_peak = with_peak_rss(cmd, project, env)
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    for name in ("roc_auc", "log_loss", "accuracy"):  # the same objective on the same arrays: the same optimum
+        assert metrics["model"][name] == pytest.approx(metrics["baseline"][name], abs=1e-3), name
+    assert json.loads((project / "models/registered.json").read_text())["version"] == 1
+
+    scored = tmp_path / "scored.parquet"
+    predict = ["predict", "--model", "models:/Synthetic@champion", "--input", str(table), "--output", str(scored)]
+    out, predict_peak = with_peak_rss([sys.executable, "-m", "pipeline", *predict], project, run_env())
+    assert f"scored {rows} rows" in out
+    p = pq.read_table(scored).column("probability").to_numpy()
+    y = pq.read_table(table, columns=["y"]).column("y").to_numpy().astype(np.float32)
+    _, test = stratified_split(y, 0.2, params["prepare"]["seed"])  # the rows evaluate scored, in file order
+    assert roc_auc_score(y[test], p[test]) == pytest.approx(metrics["model"]["roc_auc"], abs=1e-9)
+    assert log_loss(y[test], p[test]) == pytest.approx(metrics["model"]["log_loss"], abs=1e-6)
+    assert repro_peak <= bound and predict_peak <= bound, (repro_peak, predict_peak, bound)

@@ -233,7 +233,7 @@ def test_a_parquet_table_through_every_stage_then_batch_scoring(project, tmp_pat
     with pq.ParquetWriter(table, pa.schema([*((f, pa.float32()) for f in source.features), ("y", pa.int8())])) as w:
         for chunk in source.chunks():
             columns = {name: chunk.X[:, j] for j, name in enumerate(source.features)}
-            w.write_table(pa.table({**columns, "y": chunk.y.astype("int8")}), row_group_size=100_000)
+            w.write_table(pa.table({**columns, "y": chunk.y.astype("int8")}))  # a row group per chunk: 5 in all
     (project / "data" / "raw" / "tutorial.csv").unlink()
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["prepare"].update(source="data/raw/table.parquet", test_size=0.2, standardize=True)
@@ -255,7 +255,7 @@ def test_a_parquet_table_through_every_stage_then_batch_scoring(project, tmp_pat
     assert f"scored {rows} rows" in out
     p = pq.read_table(scored).column("probability").to_numpy()
     y = pq.read_table(table, columns=["y"]).column("y").to_numpy().astype(np.float32)
-    _, test = stratified_split(y, 0.2, params["prepare"]["seed"])  # the rows evaluate scored, in file order
+    _, test = stratified_split(y, params["prepare"]["test_size"], params["prepare"]["seed"])  # evaluate's rows
     assert roc_auc_score(y[test], p[test]) == pytest.approx(metrics["model"]["roc_auc"], abs=1e-9)
     assert log_loss(y[test], p[test]) == pytest.approx(metrics["model"]["log_loss"], abs=1e-6)
     assert repro_peak <= bound and predict_peak <= bound, (repro_peak, predict_peak, bound)

@@ -71,7 +71,7 @@ def build_models(tmp: Path) -> dict[str, Path]:
 
     from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes
     from pipeline.params import load_params
-    from pipeline.store import SERVING_CONFIG, pyfunc_spec
+    from pipeline.serving import SERVING_CONFIG, pyfunc_spec
 
     params = load_params(ROOT / "params.yaml")
     torch.manual_seed(params.train.seed)

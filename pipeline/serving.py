@@ -12,6 +12,8 @@ import sys
 import time
 import types
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 _log = logging.getLogger(__name__)
 SERVER_APP_MODULE = "mlflow.pyfunc.scoring_server.app"  # what `mlflow models serve` runs under uvicorn
+# How a registered model serves unless told otherwise (MLflow's model_config: SERVING_MODEL_CONFIG or
+# `pipeline serve --device/--max-request-mb` override it): on the CPU even on a CUDA host, bodies to 16 MiB.
+SERVING_CONFIG = {"device": "cpu", "max_request_bytes": 16 << 20}
+# What the served model needs; versions come from this environment, local build tags dropped.
+SERVING_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "prometheus_client")
 
 
 class Scorer:
@@ -372,3 +379,34 @@ def guard_scoring_server(max_body_bytes: int, features: tuple[str, ...]) -> bool
     module.__dict__["_guard_settings"] = (max_body_bytes, features)
     module.__class__ = _GuardedAppModule
     return True
+
+
+def pip_requirements() -> list[str]:
+    """Pins for the serving environment, from the versions installed here."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in SERVING_PACKAGES]
+
+
+def pyfunc_spec(
+    checkpoint: Path, features: tuple[str, ...], example: np.ndarray, model_config: dict[str, Any]
+) -> dict[str, Any]:
+    """Arguments of mlflow.pyfunc.log_model/save_model for our model (loader module, no pickle).
+
+    Columns are `double`: MLflow's REST parser casts JSON and CSV numbers to it, and float32 and
+    float64 frames pass; MLflow itself refuses int64 frames from Python as a lossy cast.
+    """
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return dict(
+        loader_module=__name__,  # this module, shipped with the rest of the package
+        data_path=str(checkpoint),
+        code_paths=[str(Path(__file__).parent)],
+        signature=ModelSignature(
+            inputs=Schema([ColSpec("double", f) for f in features]),
+            outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
+        ),
+        input_example=pd.DataFrame(example.astype(np.float64), columns=list(features)),
+        pip_requirements=pip_requirements(),
+        model_config=model_config,
+    )

@@ -15,11 +15,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from pipeline import files
 from pipeline.interrupts import Interrupted, deferred
@@ -40,11 +37,6 @@ SHA_TAG = "model_sha256"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 ALIAS_LOG = "alias_log."  # registered-model tags, one per alias move: the history everyone on a server sees
-# How a registered model serves unless told otherwise (MLflow's model_config: SERVING_MODEL_CONFIG or
-# `pipeline serve --device/--max-request-mb` override it): on the CPU even on a CUDA host, bodies to 16 MiB.
-SERVING_CONFIG = {"device": "cpu", "max_request_bytes": 16 << 20}
-# What the served model needs; versions come from this environment, local build tags dropped.
-SERVING_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "prometheus_client")
 EXPERIMENT_DESCRIPTION = (
     "The PyTorch tutorial's BinaryClassifier (nn.Linear + nn.Sigmoid) against scikit-learn's LogisticRegression. "
     "One parent run per pipeline execution (`dvc repro`, `dvc exp run`, `python -m pipeline run`, `mlflow run`), "
@@ -399,11 +391,6 @@ def fingerprint(checkpoint: bytes, model_config: dict[str, Any]) -> str:
     return hashlib.sha256(checkpoint + b"\0" + serving).hexdigest()
 
 
-def pip_requirements() -> list[str]:
-    """Pins for the serving environment, from the versions installed here."""
-    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in SERVING_PACKAGES]
-
-
 def find_version(mlflow_client: MlflowClient, name: str, sha: str) -> ModelVersion | None:
     """The oldest version of `name` whose checkpoint has this fingerprint."""
     versions = mlflow_client.search_model_versions(f"name = '{name}' and tags.{SHA_TAG} = '{sha}'")
@@ -428,34 +415,6 @@ def model_version(mlflow_client: MlflowClient, name: str, version: str) -> Model
         return mlflow_client.get_model_version(name, str(version))
     except MlflowException as exc:
         raise ValueError(f"registered model {name!r} has no version {version!r}") from exc
-
-
-def pyfunc_spec(
-    checkpoint: Path, features: tuple[str, ...], example: np.ndarray, model_config: dict[str, Any]
-) -> dict[str, Any]:
-    """Arguments of mlflow.pyfunc.log_model/save_model for our model (loader module, no pickle).
-
-    Columns are `double`: MLflow's REST parser casts JSON and CSV numbers to it, and float32 and
-    float64 frames pass; MLflow itself refuses int64 frames from Python as a lossy cast.
-    """
-    import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    import pipeline
-
-    return dict(
-        loader_module="pipeline.serving",
-        data_path=str(checkpoint),
-        code_paths=[str(Path(pipeline.__file__).parent)],
-        signature=ModelSignature(
-            inputs=Schema([ColSpec("double", f) for f in features]),
-            outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
-        ),
-        input_example=pd.DataFrame(example.astype(np.float64), columns=list(features)),
-        pip_requirements=pip_requirements(),
-        model_config=model_config,
-    )
 
 
 def log_model(

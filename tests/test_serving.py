@@ -586,7 +586,7 @@ def test_scaling_travels_inside_the_logged_model(tmp_path):
     import mlflow
 
     from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes
-    from pipeline.store import pyfunc_spec
+    from pipeline.serving import pyfunc_spec
 
     torch.manual_seed(0)
     config = ModelConfig(3, ("a", "b", "c"), 0.3, mean=(10.0, -2.0, 0.5), scale=(4.0, 0.5, 2.0))

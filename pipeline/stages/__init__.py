@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import functools
-import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from pipeline import store
 from pipeline.params import Params, build_params, read_tree
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from pipeline.data import Prepared
 
 FAMILIES = {"model": "BinaryClassifier", "baseline": "LogisticRegression"}
 
@@ -136,14 +130,3 @@ def training_runs(client: Any, info: dict, run_info_path: Path, uri: str) -> tup
             "re-run training (`dvc repro --force train`)"
         ) from exc
     return parent, model_run
-
-
-def score_version(client: Any, name: str, version: str, prepared: Prepared) -> tuple[np.ndarray, float] | None:
-    """A registered version's probabilities on the evaluation rows and its threshold; None: other features."""
-    from pipeline.model import load_checkpoint, score_prepared
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model, config = load_checkpoint(store.checkpoint_path(client, name, version, Path(tmp)))
-    if config.features != prepared.features:
-        return None
-    return score_prepared(model, config, prepared), config.threshold

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,15 +11,17 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline import files, gate, store
-from pipeline.stages import Context, score_version, splits, training_runs
+from pipeline.stages import Context, splits, training_runs
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pipeline.data import Prepared
 
 
 def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path, metrics_path: Path, out: Path) -> None:
     """One version per distinct checkpoint; @challenger on every new one, @champion through the gate."""
-    from pipeline import data
+    from pipeline import data, serving
 
     p = ctx.params.register
     meta = data.read_meta(data_dir)
@@ -28,7 +31,7 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
     client = store.client(ctx.uri)
     parent, run = training_runs(client, files.read_json(run_info_path), run_info_path, ctx.uri)
     _, eval_split = splits(meta)
-    sha = store.fingerprint(checkpoint, store.SERVING_CONFIG)
+    sha = store.fingerprint(checkpoint, serving.SERVING_CONFIG)
     with store.running(client, run, parent), store.registry_lock(client, ctx.uri, p.model_name):  # one step
         version = store.find_version(client, p.model_name, sha)
         new = version is None
@@ -59,10 +62,10 @@ def _register(
     sha: str,
 ) -> Any:
     """Log the pyfunc (its metrics: the evaluation's), register a version and point @challenger at it."""
-    from pipeline import data
+    from pipeline import data, serving
 
     example = data.raw_rows(prepared, prepared.X_test[:5])  # what a client sends: raw features
-    spec = store.pyfunc_spec(model_path, prepared.features, example, store.SERVING_CONFIG)
+    spec = serving.pyfunc_spec(model_path, prepared.features, example, serving.SERVING_CONFIG)
     eval_metrics = {f"eval_{k}": v for k, v in results["model"].items()}
     model_id = store.log_model(client, run, spec, ctx.params.knobs(), eval_metrics, eval_split)
     name = ctx.params.register.model_name
@@ -166,3 +169,14 @@ def registration_line(summary: dict[str, Any]) -> str:
         f"{summary['name']} v{summary['version']} ({state}; {aliases}): "
         f"{'champion' if summary['decision']['promote'] else 'not champion'}: {summary['decision']['reason']}"
     )
+
+
+def score_version(client: Any, name: str, version: str, prepared: Prepared) -> tuple[np.ndarray, float] | None:
+    """A registered version's probabilities on the evaluation rows and its threshold; None: other features."""
+    from pipeline.model import load_checkpoint, score_prepared
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, config = load_checkpoint(store.checkpoint_path(client, name, version, Path(tmp)))
+    if config.features != prepared.features:
+        return None
+    return score_prepared(model, config, prepared), config.threshold

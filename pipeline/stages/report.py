@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from pipeline import files, store
-from pipeline.stages import FAMILIES, Context, Paths, score_version
+from pipeline.stages import FAMILIES, Context, Paths
 from pipeline.stages.evaluate import comparison_table
-from pipeline.stages.register import registration_line
+from pipeline.stages.register import registration_line, score_version
 
 
 def execute(ctx: Context, paths: Paths) -> None:

@@ -32,18 +32,32 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAM_VALUE = 6000  # MLflow's param value limit
 FAMILY_TAG = "pipeline.family"  # "model" (BinaryClassifier), "baseline" (scikit-learn) or "execution" (parent)
 PARENT_TAG = "mlflow.parentRunId"  # what nests a run under its parent in the UI
+LABEL_TAG = "pipeline.label_key"  # a hash of a parent's label (commit or DVC experiment, changed params)
 HOST_TAG, PID_TAG = "pipeline.host", "pipeline.pid"  # which process owns a RUNNING run (to spot dead owners)
 SHA_TAG = "model_sha256"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
-ALIAS_LOG = "alias_log."  # registered-model tags, one per alias move: the history everyone on a server sees
+HISTORY_EXPERIMENT = " · history"  # the experiment `<model> · history` holds each registered model's history run
+HISTORY_TAG = "pipeline.history_of"  # names the registered model whose history a run holds
+HISTORY_RECORD = "record."  # one tag per record of that history
+LEGACY_ALIAS_LOG = "alias_log."  # where stores written before kept alias moves: registered-model tags
+MAX_REASON = 4000  # a record stays well under MLflow's 8000-character tag value
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+HISTORY_DESCRIPTION = (
+    "The history of registered model {name}: one tag per record, each a JSON object: an alias move (when, "
+    "alias, from, to, by whom, why, on what evidence) or an execution that registered a checkpoint {name} "
+    "already had (the version it reused and that execution's own gate decision). Records are added, never "
+    "rewritten. `python -m pipeline history` prints them as a table."
+)
 EXPERIMENT_DESCRIPTION = (
     "The PyTorch tutorial's BinaryClassifier (nn.Linear + nn.Sigmoid) against scikit-learn's LogisticRegression. "
     "One parent run per pipeline execution (`dvc repro`, `dvc exp run`, `python -m pipeline run`, `mlflow run`), "
-    "named after its DVC experiment or commit and the params that differ from that revision; its children are "
+    "named after its DVC experiment or commit and the params that differ from that revision (#2, #3 ... when a "
+    "name repeats); its children are "
     "the BinaryClassifier run (per-epoch cost and accuracy, the logged model) and the LogisticRegression run. "
     "Evaluation figures are artifacts of all three; the champion gate's evidence is in the model run's "
-    "gate/decision.json. `python -m pipeline history` lists every move of @champion and @challenger."
+    "gate/decision.json. Every move of @champion and @challenger is in the experiment `<model> · history` "
+    "(`python -m pipeline history` prints it)."
 )
 
 
@@ -138,21 +152,26 @@ def context_tags(source_name: str) -> dict[str, str]:
     return {**tags, "mlflow.source.name": source_name}
 
 
-def experiment_id(mlflow_client: MlflowClient, name: str, uri: str) -> str:
-    """Get or create the experiment (artifacts beside a sqlite store), with its description."""
+def experiment_id(mlflow_client: MlflowClient, name: str, uri: str, description: str = EXPERIMENT_DESCRIPTION) -> str:
+    """Get or create the experiment (artifacts beside a sqlite store), with its description and kind.
+
+    MLflow 3's UI opens an experiment of no declared kind on its GenAI overview (traces, tokens):
+    `mlflow.experimentKind` says these are model-training runs, so it opens on the runs.
+    """
     from mlflow.exceptions import MlflowException
 
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
-        tags = {"mlflow.note.content": EXPERIMENT_DESCRIPTION}
+        tags = {"mlflow.note.content": description, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
         try:
             return mlflow_client.create_experiment(name, artifact_location=artifact_location(uri), tags=tags)
         except MlflowException as exc:  # another pipeline created it first
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             experiment = mlflow_client.get_experiment_by_name(name)
-    if "mlflow.note.content" not in experiment.tags:
-        mlflow_client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
+    for key, value in {"mlflow.note.content": description, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}.items():
+        if key not in experiment.tags:
+            mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -206,16 +225,19 @@ def reap_dead_runs(mlflow_client: MlflowClient, exp_id: str) -> list[str]:
 
 
 def open_parent(
-    mlflow_client: MlflowClient, experiment: str, uri: str, name: str, tags: Mapping[str, str], run_id: str | None
-) -> tuple[RunRef, str | None]:
+    mlflow_client: MlflowClient, experiment: str, uri: str, label: str, tags: Mapping[str, str], run_id: str | None
+) -> tuple[RunRef, str, str | None]:
     """The execution's parent run: the one `mlflow run` made (run_id), else a new one in `experiment`.
 
-    Returns the run and, under `mlflow run`, a warning when its run is not in `experiment`.
+    Returns the run, its name (`label`, or `label #n` for the n-th execution with that label) and, under
+    `mlflow run`, a warning when its run is not in `experiment`.
     """
+    tags = {**tags, LABEL_TAG: hashlib.sha256(label.encode()).hexdigest()[:16]}
     if run_id:
         run = mlflow_client.get_run(run_id)
-        mlflow_client.log_batch(run_id, tags=_tags({**tags, "mlflow.runName": name}))
         exp = mlflow_client.get_experiment(run.info.experiment_id)
+        mlflow_client.log_batch(run_id, tags=_tags(tags))
+        name = _unique_name(mlflow_client, RunRef(run_id, exp.experiment_id, owned=False), label, tags[LABEL_TAG])
         warning = None
         if exp.name != experiment:
             warning = (
@@ -223,12 +245,35 @@ def open_parent(
                 f"pipeline's other runs are: use `mlflow run . --experiment-name {experiment}` "
                 f"(or export MLFLOW_EXPERIMENT_NAME={experiment}) to keep them together"
             )
-        return RunRef(run_id, run.info.experiment_id, owned=False), warning
+        return RunRef(run_id, run.info.experiment_id, owned=False), name, warning
     exp_id = experiment_id(mlflow_client, experiment, uri)
     reap_dead_runs(mlflow_client, exp_id)
     with deferred():  # created and recorded as open in one step
-        run = mlflow_client.create_run(exp_id, run_name=name, tags={**tags, **owner_tags()})
-        return _opened(mlflow_client, RunRef(run.info.run_id, exp_id)), None
+        run = mlflow_client.create_run(exp_id, run_name=label, tags={**tags, **owner_tags()})
+        ref = _opened(mlflow_client, RunRef(run.info.run_id, exp_id))
+    return ref, _unique_name(mlflow_client, ref, label, tags[LABEL_TAG]), None
+
+
+def _unique_name(mlflow_client: MlflowClient, run: RunRef, label: str, label_key: str) -> str:
+    """Name the parent `label #n`, n counting the parents with that label started before it.
+
+    Two executions started at once may count alike; whichever checks last sees both names, so a
+    name another run also took gets this run's id appended.
+    """
+
+    def same_label() -> list[Any]:
+        query = f"tags.`{LABEL_TAG}` = '{label_key}'"
+        return mlflow_client.search_runs([run.experiment_id], query, max_results=5000)
+
+    runs = same_label()
+    mine = next(r for r in runs if r.info.run_id == run.run_id)
+    before = [r for r in runs if (r.info.start_time, r.info.run_id) < (mine.info.start_time, run.run_id)]
+    name = f"{label} #{len(before) + 1}" if before else label
+    mlflow_client.set_tag(run.run_id, "mlflow.runName", name)
+    if any(r.info.run_name == name for r in same_label() if r.info.run_id != run.run_id):
+        name = f"{name} ({run.run_id[:7]})"
+        mlflow_client.set_tag(run.run_id, "mlflow.runName", name)
+    return name
 
 
 def create_child(mlflow_client: MlflowClient, parent: RunRef, name: str, tags: Mapping[str, str]) -> RunRef:
@@ -528,42 +573,69 @@ def user() -> str:
 
 def move_alias(
     mlflow_client: MlflowClient,
+    uri: str,
     name: str,
     alias: str,
     version: str,
     reason: str,
     evidence: Mapping[str, Any] | None = None,
 ) -> str | None:
-    """Point `alias` at `version` and record the move in the registered model's tags; returns the previous one."""
+    """Point `alias` at `version` and record the move in the model's history; returns the previous version."""
     previous = alias_version(mlflow_client, name, alias)
     before = None if previous is None else str(previous.version)
     if before == str(version):
         return before
     mlflow_client.set_registered_model_alias(name, alias, str(version))
-    now = datetime.now(UTC)
-    record = {
-        "when": now.isoformat(timespec="seconds"),
-        "alias": alias,
-        "from": before,
-        "to": str(version),
-        "by": user(),
-        "reason": reason,
-        "evidence": dict(evidence or {}),
-    }
-    key = f"{ALIAS_LOG}{now.strftime('%Y%m%dT%H%M%S%f')}.{secrets.token_hex(3)}"  # sortable, unique per move
-    mlflow_client.set_registered_model_tag(name, key, json.dumps(record, sort_keys=True))
+    record_history(mlflow_client, uri, name, {"alias": alias, "from": before, "to": str(version), "reason": reason,
+                                              "evidence": dict(evidence or {})})  # fmt: skip
     return before
 
 
-def alias_history(mlflow_client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Every recorded alias move of `name`, oldest first."""
+def record_history(mlflow_client: MlflowClient, uri: str, name: str, record: Mapping[str, Any]) -> None:
+    """Add one record (an alias move, a reused version) to the history of registered model `name`.
+
+    The history is kept in the store, as tags of a run of its own (experiment `<name> · history`), so
+    everyone on a server sees it and the registered model's page is not buried under it. One tag per
+    record, named by its time and a random part: records are never rewritten, and two processes that
+    each made a history run (a race) lose nothing, since every run of the history is read.
+    """
+    now = datetime.now(UTC)
+    full = {"when": now.isoformat(timespec="seconds"), "by": user(), **record}
+    full["reason"] = str(full.get("reason", ""))[:MAX_REASON]
+    key = f"{HISTORY_RECORD}{now.strftime('%Y%m%dT%H%M%S%f')}.{secrets.token_hex(3)}"  # sortable, unique
+    runs = _history_runs(mlflow_client, name)
+    if runs:
+        run_id = runs[0].info.run_id
+    else:
+        description = HISTORY_DESCRIPTION.format(name=name)
+        exp_id = experiment_id(mlflow_client, f"{name}{HISTORY_EXPERIMENT}", uri, description)
+        tags = {HISTORY_TAG: name, "mlflow.note.content": description}
+        run_id = mlflow_client.create_run(exp_id, run_name=f"{name} history", tags=tags).info.run_id
+        mlflow_client.set_terminated(run_id, "FINISHED")
+    mlflow_client.set_tag(run_id, key, json.dumps(full, sort_keys=True))
+
+
+def _history_runs(mlflow_client: MlflowClient, name: str) -> list[Any]:
+    experiment = mlflow_client.get_experiment_by_name(f"{name}{HISTORY_EXPERIMENT}")
+    if experiment is None:
+        return []
+    query = f"tags.`{HISTORY_TAG}` = '{name}'"
+    return mlflow_client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time ASC"])
+
+
+def history(mlflow_client: MlflowClient, uri: str, name: str) -> list[dict[str, Any]]:
+    """Every record of `name`'s history (alias moves, reused versions), oldest first."""
     from mlflow.exceptions import MlflowException
 
     try:
         model = mlflow_client.get_registered_model(name)
     except MlflowException as exc:
-        raise ValueError(f"no registered model {name!r} in this store") from exc
-    return [json.loads(model.tags[k]) for k in sorted(k for k in model.tags if k.startswith(ALIAS_LOG))]
+        raise ValueError(f"no registered model {name!r} in the store {uri}") from exc
+    # Stores written before the history had a run of its own kept each move as a registered-model tag.
+    found = {k: v for k, v in model.tags.items() if k.startswith(LEGACY_ALIAS_LOG)}
+    for run in _history_runs(mlflow_client, name):
+        found.update({k: v for k, v in run.data.tags.items() if k.startswith(HISTORY_RECORD)})
+    return [json.loads(found[k]) for k in sorted(found, key=lambda k: k.partition(".")[2])]
 
 
 def checkpoint_path(mlflow_client: MlflowClient, name: str, version: str, into: Path) -> Path:

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from pipeline import store
 from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,6 +215,16 @@ def test_champion_moves_only_on_evidence_or_by_hand(workdir, store_uri):
     first = pipeline_run()
     assert first["version"] == 1 and first["aliases"] == ["challenger", "champion"]
     assert first["decision"]["reason"].startswith("first champion")
+    # The same checkpoint again: v1 is reused, its evidence stays as written; the new run names v1.
+    v1_tags = client.get_model_version("BinaryClassifier", "1").tags
+    again = pipeline_run()
+    assert again["version"] == 1 and not again["new_version"] and again["decision_run_id"] != first["decision_run_id"]
+    assert client.get_model_version("BinaryClassifier", "1").tags == v1_tags
+    reusing = client.get_run(again["decision_run_id"]).data.tags
+    assert reusing["pipeline.registered_model"] == "BinaryClassifier" and reusing["pipeline.version_reused"] == "true"
+    assert reusing["pipeline.registered_version"] == "1" and reusing["gate.reason"] == "v1 is already the champion"
+    (reuse,) = [r for r in store.history(client, store_uri, "BinaryClassifier") if "reused" in r]
+    assert reuse["reused"] == "1" and again["decision_run_id"] in reuse["reason"]
     # lr=0.5: roc_auc 1.0 like the champion's on the same six rows. A tie is not an improvement.
     tie = pipeline_run("train.lr=0.5")
     assert tie["version"] == 2 and tie["aliases"] == ["challenger"] and not tie["decision"]["promote"]

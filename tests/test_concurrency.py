@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipeline import store
+
 from .conftest import REPO, run_env
 
 pytestmark = pytest.mark.slow
@@ -47,8 +49,8 @@ def test_concurrent_pipelines_create_one_store_and_one_version(tmp_path):
     registered = [json.loads((work / "models/registered.json").read_text()) for work, _ in procs]
     assert {r["version"] for r in registered} == {1} and sum(r["new_version"] for r in registered) == 1
     assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
-    moves = [t for t in client.get_registered_model("BinaryClassifier").tags if t.startswith("alias_log.")]
-    assert len(moves) == 2
+    records = store.history(client, uri, "BinaryClassifier")
+    assert sum("alias" in r for r in records) == 2 and sum("reused" in r for r in records) == PIPELINES - 1
 
 
 def settled(project: Path, timeout: float = 600) -> str:
@@ -121,5 +123,5 @@ def test_dvc_queue_with_two_workers_on_a_new_store(project):
     # Both tie on roc_auc: the first registered is the champion, the second only @challenger.
     assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("BinaryClassifier", "challenger").version) == "2"
-    moves = [t for t in client.get_registered_model("BinaryClassifier").tags if t.startswith("alias_log.")]
-    assert len(moves) == 3
+    records = store.history(client, uri, "BinaryClassifier")
+    assert [r["alias"] for r in records] == ["challenger", "champion", "challenger"]

@@ -16,6 +16,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from pipeline import store
 from tests.conftest import REPO, run_env, sh
 from tests.test_serving import free_port, invoke_json
 
@@ -148,6 +149,6 @@ def test_concurrent_registrations_through_the_server(team_server, tmp_path):
     registered = [json.loads((work / "models/registered.json").read_text()) for work, _ in procs]
     assert sum(r["new_version"] for r in registered) == 1
     assert {r["version"] for r in registered} == {int(version.version)}
-    moves = [t for t in client.get_registered_model("Raced").tags if t.startswith("alias_log.")]
-    assert len(moves) == 2  # @challenger and @champion, once each
+    records = store.history(client, url, "Raced")
+    assert sorted(r["alias"] for r in records if "alias" in r) == ["challenger", "champion"]  # once each
     assert not client.search_registered_models("name = 'Raced.lock'")  # released

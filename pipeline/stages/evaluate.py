@@ -94,11 +94,13 @@ def execute(
         train_split, eval_split = splits(meta)
         # scikit-learn fits the baseline in one process, on the CPU
         tags = {**run_tags(ctx, "baseline", meta["sha256"]), "pipeline.device": "cpu", "pipeline.world_size": "1"}
-        baseline_run = store.create_child(client, parent, f"{FAMILIES['baseline']} · {ctx.lineage.label()}", tags)
+        name = f"{FAMILIES['baseline']} · {store.run_name(client, parent.run_id)}"
+        baseline_run = store.create_child(client, parent, name, tags)
         runs = {"model": model_run, "baseline": baseline_run}
         with store.running(client, baseline_run, parent):
             store.log_params(client, baseline_run.run_id, ctx.params.knobs())
             store.log_datasets(client, baseline_run.run_id, list(dict.fromkeys([train_split, eval_split])))
+            store.log_metrics(client, baseline_run.run_id, {"dropped_rows": meta.get("dropped_rows", 0)})
             figures.warm_up()  # while the child still loads torch and scikit-learn
             scored = scoring.result()
             for family, run in runs.items():

@@ -1,4 +1,4 @@
-"""history: every move of the registered model's aliases, from the tracking store alone."""
+"""history: every record of the registered model's history (alias moves, reused versions), from the store alone."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from pipeline.stages import Context
 
 
 def execute(ctx: Context) -> None:
-    """Print when, alias, from, to, by, reason and evidence of each move, oldest first."""
+    """Print when, what, from, to, by, reason and evidence of each record, oldest first."""
     name = ctx.params.register.model_name
-    moves = store.alias_history(store.client(ctx.uri), name)
-    click.echo(f"{name}: {len(moves)} alias moves in {ctx.uri}")
-    rows = [("when (UTC)", "alias", "from", "to", "by", "reason", "evidence")]
-    rows += [
-        (m["when"], f"@{m['alias']}", f"v{m['from']}" if m["from"] else "-", f"v{m['to']}", m["by"], m["reason"],
-         evidence_text(m.get("evidence") or {}))
-        for m in moves
-    ]  # fmt: skip
+    records = store.history(store.client(ctx.uri), ctx.uri, name)
+    moves = sum(1 for r in records if "alias" in r)
+    click.echo(f"{name}: {moves} alias moves, {len(records) - moves} reused versions in {ctx.uri}")
+    rows = [("when (UTC)", "what", "from", "to", "by", "reason", "evidence")]
+    for r in records:
+        what, before, after = (f"@{r['alias']}", r["from"], r["to"]) if "alias" in r else ("reused", None, r["reused"])
+        rows.append((r["when"], what, f"v{before}" if before else "-", f"v{after}", r["by"], r["reason"],
+                     evidence_text(r.get("evidence") or {})))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
         fixed = "  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True))
@@ -28,7 +28,7 @@ def execute(ctx: Context) -> None:
 
 
 def evidence_text(evidence: dict[str, Any]) -> str:
-    """The evidence of one move, in a line."""
+    """The evidence of one record, in a line."""
     if evidence.get("manual"):
         return "manual"
     if "delta" in evidence:

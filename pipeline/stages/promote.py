@@ -17,7 +17,7 @@ def execute(ctx: Context, version: str, reason: str) -> None:
     target = store.model_version(client, name, version)
     evidence = {"manual": True, "run_id": target.run_id}
     with store.registry_lock(client, ctx.uri, name):  # not between a registration's decision and its move
-        before = store.move_alias(client, name, store.CHAMPION, str(target.version), reason, evidence)
+        before = store.move_alias(client, ctx.uri, name, store.CHAMPION, str(target.version), reason, evidence)
     if before == str(target.version):
         click.echo(f"{name} v{target.version} is already @{store.CHAMPION}; nothing moved")
         return

@@ -20,7 +20,12 @@ if TYPE_CHECKING:
 
 
 def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path, metrics_path: Path, out: Path) -> None:
-    """One version per distinct checkpoint; @challenger on every new one, @champion through the gate."""
+    """One version per distinct checkpoint; @challenger on every new one, @champion through the gate.
+
+    A version's gate decision is written once, when the version is registered (its `gate.*` tags); an
+    execution that registers the same checkpoint again records its own decision in its own run and adds
+    a record to the model's history, naming the version it reused.
+    """
     from pipeline import data, serving
 
     p = ctx.params.register
@@ -38,15 +43,29 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
         if new:
             version = _register(ctx, client, run, prepared, model_path, results, eval_split, sha)
         else:
-            _repair_challenger(client, p.model_name, str(version.version))
-        decision = _decide(ctx, client, str(version.version), results, prepared, model_path)
-        record = {"version": str(version.version), "run_id": run.run_id, **asdict(decision)}
+            _repair_challenger(ctx, client, str(version.version))
+        number = str(version.version)
+        decision = _decide(ctx, client, number, results, prepared, model_path)
+        record = {"version": number, "run_id": run.run_id, "new_version": new, **asdict(decision)}
         store.log_files(client, run.run_id, {"gate/decision.json": json.dumps(record, indent=2).encode()})
-        store.set_version_tags(client, p.model_name, version.version, _summary_tags(decision, run.run_id))
+        summary_tags = _summary_tags(decision, run.run_id)
+        reused = {
+            "registered_model": p.model_name,
+            "registered_version": number,
+            "version_reused": str(not new).lower(),
+        }
+        store.set_tags(client, run.run_id, {**summary_tags, **{f"pipeline.{k}": v for k, v in reused.items()}})
+        if "gate.decision" not in version.tags:  # the version's own evidence: written once, when first decided
+            store.set_version_tags(client, p.model_name, number, summary_tags)
+        if not new:
+            why = f"run {run.run_id} registered the checkpoint of v{number} again: {decision.reason}"
+            store.record_history(client, ctx.uri, p.model_name, {"reused": number, "reason": why,
+                                 "evidence": _evidence(decision, run.run_id)})  # fmt: skip
         if decision.promote:
-            evidence = {**_evidence_summary(decision), "decision": f"runs:/{run.run_id}/gate/decision.json"}
-            store.move_alias(client, p.model_name, store.CHAMPION, version.version, decision.reason, evidence)
-        summary = _summary(client, p.model_name, version.version, new, decision)
+            store.move_alias(
+                client, ctx.uri, p.model_name, store.CHAMPION, number, decision.reason, _evidence(decision, run.run_id)
+            )
+        summary = {**_summary(client, p.model_name, number, new, decision), "decision_run_id": run.run_id}
         files.write_json(out, summary)
     click.echo(registration_line(summary))
 
@@ -70,16 +89,17 @@ def _register(
     model_id = store.log_model(client, run, spec, ctx.params.knobs(), eval_metrics, eval_split)
     name = ctx.params.register.model_name
     version = store.register(name, model_id, {store.SHA_TAG: sha, "pipeline.data_sha256": prepared.sha256})
-    store.move_alias(client, name, store.CHALLENGER, version.version, f"new version from run {run.run_id}")
+    store.move_alias(client, ctx.uri, name, store.CHALLENGER, version.version, f"new version from run {run.run_id}")
     return version
 
 
-def _repair_challenger(client: Any, name: str, version: str) -> None:
+def _repair_challenger(ctx: Context, client: Any, version: str) -> None:
     """Point @challenger at `version` if it is newer than @challenger's: a registration killed before moving it."""
+    name = ctx.params.register.model_name
     challenger = store.alias_version(client, name, store.CHALLENGER)
     if challenger is None or int(challenger.version) < int(version):
         why = f"v{version} was registered but never made challenger (its registration was cut short)"
-        store.move_alias(client, name, store.CHALLENGER, version, why)
+        store.move_alias(client, ctx.uri, name, store.CHALLENGER, version, why)
 
 
 def _decide(
@@ -113,14 +133,14 @@ def _decide(
     return gate.decide(p.metric, model, baseline, p.tolerance, evidence, str(champion.version))
 
 
-def _evidence_summary(decision: gate.Decision) -> dict[str, Any]:
-    """The few numbers a reader of the history needs."""
+def _evidence(decision: gate.Decision, run_id: str) -> dict[str, Any]:
+    """The few numbers a reader of the history needs, and where the whole decision is."""
     summary: dict[str, Any] = {"metric": decision.metric, "model": decision.model, "baseline": decision.baseline}
     if decision.evidence is not None:
         e = decision.evidence
         summary.update(champion=decision.champion_version, delta=e.delta, low=e.low, high=e.high, n=e.n)
         summary.update(level=e.level, method=e.method)
-    return summary
+    return {**summary, "decision": f"runs:/{run_id}/gate/decision.json"}
 
 
 def _summary_tags(decision: gate.Decision, run_id: str) -> dict[str, str]:

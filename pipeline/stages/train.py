@@ -126,11 +126,10 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, history_path: Path, 
     with InChild(fit, data_dir, p.train, rank, stream=True) as fitting:
         meta = data.read_meta(data_dir)
         client = store.client(ctx.uri)
-        name = ctx.lineage.label()
         world = {"pipeline.world_size": str(rank.world)}
-        parent, warning = store.open_parent(
-            client, p.mlflow.experiment, ctx.uri, name, {**run_tags(ctx, "execution", meta["sha256"]), **world},
-            ctx.env.get("MLFLOW_RUN_ID"),
+        parent, name, warning = store.open_parent(
+            client, p.mlflow.experiment, ctx.uri, ctx.lineage.label(),
+            {**run_tags(ctx, "execution", meta["sha256"]), **world}, ctx.env.get("MLFLOW_RUN_ID"),
         )  # fmt: skip
         if warning:
             click.echo(f"warning: {warning}", err=True)

@@ -9,10 +9,11 @@ import json
 import os
 import secrets
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,10 +91,57 @@ def client(uri: str) -> MlflowClient:
         with _sqlite_lock(uri, "open"), deferred():
             opened = MlflowClient(tracking_uri=uri, registry_uri=uri)
             opened.search_experiments(max_results=1)  # the store exists and is migrated before anyone else opens it
+            if uri.startswith("sqlite:///"):
+                _relocate(Path(uri.removeprefix("sqlite:///")).resolve())
     except Exception as exc:  # a bad URI or location fails in many libraries' ways: one message naming it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot open the MLflow store {uri} (MLFLOW_TRACKING_URI): {first}") from exc
     return _Deferring(opened)
+
+
+# Where a sqlite store records artifact locations (absolute paths or file:// URIs), and the folders MLflow
+# and this pipeline name them after.
+LOCATION_COLUMNS = {
+    "experiments": "artifact_location",
+    "runs": "artifact_uri",
+    "logged_models": "artifact_location",
+    "model_versions": "storage_location",
+}
+ARTIFACT_FOLDERS = ("mlartifacts", "mlruns")
+
+
+def _relocate(database: Path) -> None:
+    """Point a copied or moved sqlite store's artifact locations under its own folder.
+
+    A sqlite store records absolute artifact locations, so a checkout copied with its store would
+    write new artifacts into the folder it was copied from. Each experiment whose location lies in
+    an `mlartifacts/` or `mlruns/` folder outside the store's own folder names the store's old
+    folder: every location under that folder is rewritten to the same place under this one. MLflow
+    has no call to move an experiment's artifacts, so this is SQL on its tables (under the open lock).
+    """
+    import sqlite3
+
+    here = database.parent
+    with closing(sqlite3.connect(database, timeout=60)) as db, db:
+        moved = set()
+        for (location,) in db.execute("SELECT artifact_location FROM experiments"):
+            path = Path(location.removeprefix("file://")) if location.startswith(("file:///", "/")) else None
+            if path is None or path.is_relative_to(here):
+                continue
+            old = next((p.parent for p in (path, *path.parents) if p.name in ARTIFACT_FOLDERS), None)
+            if old is not None and old != here:
+                moved.add(old)
+        for old in moved:
+            for table, column in LOCATION_COLUMNS.items():
+                for before, after in ((old.as_uri() + "/", here.as_uri() + "/"), (f"{old}/", f"{here}/")):
+                    db.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # names from LOCATION_COLUMNS
+                        f"WHERE substr({column}, 1, ?) = ?",
+                        (after, len(before) + 1, len(before), before),
+                    )
+                    db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (after[:-1], before[:-1]))
+    for old in sorted(moved):
+        print(f"note: {database} was made in {old}: its artifact locations now point under {here}", file=sys.stderr)
 
 
 def _check_reachable(uri: str) -> None:

@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -259,3 +260,29 @@ def test_a_parquet_table_through_every_stage_then_batch_scoring(project, tmp_pat
     assert roc_auc_score(y[test], p[test]) == pytest.approx(metrics["model"]["roc_auc"], abs=1e-9)
     assert log_loss(y[test], p[test]) == pytest.approx(metrics["model"]["log_loss"], abs=1e-6)
     assert repro_peak <= bound and predict_peak <= bound, (repro_peak, predict_peak, bound)
+
+
+def files_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_copied_checkout_writes_nothing_outside_itself(project, tmp_path):
+    dvc(project, "repro")
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True)  # store, artifacts and DVC cache included
+    before = files_state(project)
+    out = dvc(copy, "repro", "--force").stderr
+    assert f"was made in {project}: its artifact locations now point under {copy}" in out
+    sh([sys.executable, "-m", "pipeline", "report"], copy, run_env())
+    assert files_state(project) == before  # the original folder is exactly as it was
+    uri = f"sqlite:///{copy / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    for experiment in client.search_experiments():
+        assert Path(experiment.artifact_location.removeprefix("file://")).is_relative_to(copy), experiment
+        for run in client.search_runs([experiment.experiment_id]):
+            assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(copy), run.info
+    # Old and new versions load from the copy: one registered model, its artifacts all under the copy.
+    (version,) = client.search_model_versions("name = 'BinaryClassifier'")
+    proc = sh([sys.executable, "-c", LOAD_CHAMPION], tmp_path, run_env(MLFLOW_TRACKING_URI=uri))
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["label"] == [0, 0, 0, 1, 1, 1]

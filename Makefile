@@ -33,8 +33,9 @@ bench: $(STAMP)
 	python benchmarks/scale.py --rows 1000000 --features 100 --json scale.json
 	python benchmarks/pipeline_scale.py --rows 1000000 --features 100 --json pipeline_scale.json
 
+# The store's runs in MLflow's UI, opened on the training runs (with MLFLOW_TRACKING_URI set: the server's address).
 ui: $(STAMP)
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	python -m pipeline ui --port 5000
 
 # The champion from this store, served by `mlflow models serve` with this venv's uvicorn.
 serve: $(STAMP)
@@ -45,5 +46,7 @@ serve: $(STAMP)
 server: $(STAMP)
 	python -m pipeline server --folder .server --port $(SERVER_PORT)
 
+# Leaves what git tracks (dvc.lock, metrics/, plots/, models/history.csv, models/tracking.json).
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts mlruns data/prepared models metrics dvc.lock
+	rm -rf $(VENV) mlflow.db mlflow.db.* mlartifacts mlruns data/prepared reports .mlproject
+	rm -f models/model.pt models/mlflow_run.json models/registered.json

@@ -61,7 +61,17 @@ def _path(ctx: Context, key: str, given: str | None) -> Path:
 
 @click.group()
 def main() -> None:
-    """BinaryClassifier pipeline: prepare, train, evaluate, register (or `run` for all); report, predict, serve."""
+    """BinaryClassifier pipeline: tracking, prepare, train, evaluate, register (`run`: all); report, predict, serve."""
+
+
+@main.command()
+@command
+@path_option("out", "tracking")
+def tracking(ctx: Context, tracking: str | None) -> None:
+    """Record which MLflow store this workspace's runs go to (MLFLOW_TRACKING_URI, or the repository's own)."""
+    from pipeline.stages import tracking as stage
+
+    stage.execute(ctx, _path(ctx, "tracking", tracking))
 
 
 @main.command()
@@ -222,6 +232,17 @@ def serve(
     from pipeline.stages import serve as stage
 
     stage.execute(ctx, model_uri or predict.champion_uri(ctx), host, port, workers, device, max_request_mb)
+
+
+@main.command()
+@command
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(ctx: Context, host: str, port: int) -> None:
+    """The MLflow UI on this store, opened on the experiment's training runs (a server's: its address)."""
+    from pipeline.stages import ui as stage
+
+    stage.execute(ctx, host, port)
 
 
 @main.command()

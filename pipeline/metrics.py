@@ -14,6 +14,11 @@ if TYPE_CHECKING:  # sklearn costs ~1 s to import: only the baseline and the cur
 
 GRID = np.linspace(0.0, 1.0, 101)  # FPR and recall points of the stored curves: fixed size whatever the rows
 CALIBRATION_BINS = 10
+# The baseline fits on a float64 copy of the train split up to this size (about 330k rows at 100 features): in
+# float32, L-BFGS stops at points that differ with the CPU's BLAS kernels, in float64 it stops at the same one.
+# Beyond it, the split is fit as it is (float32) to keep memory bounded.
+BASELINE_FLOAT64_BYTES = 256 << 20
+RECORDED_DIGITS = 12  # significant digits of a recorded metric: what every CPU computes alike
 
 
 def midranks(values: np.ndarray) -> np.ndarray:
@@ -124,8 +129,18 @@ def fit_baseline(X: np.ndarray, y: np.ndarray, params: BaselineParams) -> Logist
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=params.C, max_iter=params.max_iter, solver=params.solver)
+    if X.dtype != np.float64 and X.shape[0] * X.shape[1] * 8 <= BASELINE_FLOAT64_BYTES:
+        X = X.astype(np.float64)
     with sklearn.config_context(assume_finite=True):  # prepared arrays: prepare refused what is not finite
         return model.fit(X, np.asarray(y).astype(int))
+
+
+def recorded(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics as the metrics file and MLflow record them: to RECORDED_DIGITS significant digits.
+
+    The last bits of a BLAS kernel's sums then do not make another CPU's record differ.
+    """
+    return {k: float(f"{v:.{RECORDED_DIGITS}g}") for k, v in metrics.items()}
 
 
 def baseline_proba(model: LogisticRegression, X: np.ndarray) -> np.ndarray:

@@ -35,7 +35,8 @@ FAMILY_TAG = "pipeline.family"  # "model" (BinaryClassifier), "baseline" (scikit
 PARENT_TAG = "mlflow.parentRunId"  # what nests a run under its parent in the UI
 LABEL_TAG = "pipeline.label_key"  # a hash of a parent's label (commit or DVC experiment, changed params)
 HOST_TAG, PID_TAG = "pipeline.host", "pipeline.pid"  # which process owns a RUNNING run (to spot dead owners)
-SHA_TAG = "model_sha256"
+SHA_TAG = "model_sha256"  # on a model version: its fingerprint (checkpoint and serving config)
+CHECKPOINT_TAG = "pipeline.checkpoint_sha256"  # on a model run: the sha256 of the checkpoint file it wrote
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 HISTORY_EXPERIMENT = " · history"  # the experiment `<model> · history` holds each registered model's history run
@@ -49,6 +50,14 @@ HISTORY_DESCRIPTION = (
     "alias, from, to, by whom, why, on what evidence) or an execution that registered a checkpoint {name} "
     "already had (the version it reused and that execution's own gate decision). Records are added, never "
     "rewritten. `python -m pipeline history` prints them as a table."
+)
+REGISTERED_DESCRIPTION = (
+    "Versions of the pipeline's BinaryClassifier (the PyTorch tutorial's nn.Linear + nn.Sigmoid), one per distinct "
+    "checkpoint (tag model_sha256). Every new version becomes @challenger; @champion moves only when a version is "
+    "no worse than scikit-learn's LogisticRegression and better than the champion by a paired test on the same "
+    "rows, or by a person's `python -m pipeline promote`. Each version's gate.* tags are its decision, written "
+    "when it was registered. Every alias move and reuse is in the experiment `{name} · history` "
+    "(`python -m pipeline history` prints it)."
 )
 EXPERIMENT_DESCRIPTION = (
     "The PyTorch tutorial's BinaryClassifier (nn.Linear + nn.Sigmoid) against scikit-learn's LogisticRegression. "
@@ -65,6 +74,24 @@ EXPERIMENT_DESCRIPTION = (
 def tracking_uri(root: Path, env: Mapping[str, str]) -> str:
     """MLFLOW_TRACKING_URI when set, else sqlite:///<root>/mlflow.db (never relative to cwd)."""
     return env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def identity(root: Path, env: Mapping[str, str]) -> str:
+    """Which store a workspace records to, as its outputs name it.
+
+    The repository's own sqlite file by its path in the repository (the same in every clone and copy), any
+    other store by its URI without a password.
+    """
+    from urllib.parse import urlsplit
+
+    uri = tracking_uri(root, env)
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///")).resolve()
+        return f"{database.relative_to(root)} in this repository" if database.is_relative_to(root) else uri
+    parts = urlsplit(uri)
+    if parts.password:
+        uri = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+    return uri
 
 
 def artifact_location(uri: str) -> str | None:
@@ -131,17 +158,20 @@ def _relocate(database: Path) -> None:
             old = next((p.parent for p in (path, *path.parents) if p.name in ARTIFACT_FOLDERS), None)
             if old is not None and old != here:
                 moved.add(old)
+        runs = 0  # runs whose artifacts moved: none for a store just created from another folder
         for old in moved:
             for table, column in LOCATION_COLUMNS.items():
                 for before, after in ((old.as_uri() + "/", here.as_uri() + "/"), (f"{old}/", f"{here}/")):
-                    db.execute(
+                    changed = db.execute(
                         f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # names from LOCATION_COLUMNS
                         f"WHERE substr({column}, 1, ?) = ?",
                         (after, len(before) + 1, len(before), before),
-                    )
+                    ).rowcount
+                    runs += changed if table == "runs" else 0
                     db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (after[:-1], before[:-1]))
-    for old in sorted(moved):
-        print(f"note: {database} was made in {old}: its artifact locations now point under {here}", file=sys.stderr)
+    if runs:
+        where = ", ".join(map(str, sorted(moved)))
+        print(f"note: {database} was made in {where}: its artifact locations now point under {here}", file=sys.stderr)
 
 
 def _check_reachable(uri: str) -> None:
@@ -336,6 +366,22 @@ def run_ref(mlflow_client: MlflowClient, run_id: str, owned: bool = True) -> Run
     """A run known by id; raises MlflowException when this store does not have it."""
     run = mlflow_client.get_run(run_id)
     return RunRef(run.info.run_id, run.info.experiment_id, owned)
+
+
+def trained(mlflow_client: MlflowClient, experiment: str, checkpoint_sha256: str) -> tuple[RunRef, RunRef] | None:
+    """The parent and model run of the newest execution in `experiment` that trained this checkpoint."""
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = f"tags.`{CHECKPOINT_TAG}` = '{checkpoint_sha256}' and tags.`{FAMILY_TAG}` = 'model'"
+    found = mlflow_client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"])
+    for run in found:
+        parent_id = run.data.tags.get(PARENT_TAG)
+        if parent_id:
+            parent = mlflow_client.get_run(parent_id)
+            owned = PID_TAG in parent.data.tags  # `mlflow run` made the ones without: their FINISHED is its own
+            return RunRef(parent_id, exp.experiment_id, owned), RunRef(run.info.run_id, exp.experiment_id)
+    return None
 
 
 def run_params(mlflow_client: MlflowClient, run_id: str) -> dict[str, str]:
@@ -540,12 +586,15 @@ def log_model(
     return logged.model_id
 
 
-def register(name: str, model_id: str, tags: Mapping[str, str]) -> ModelVersion:
-    """A new version of `name` from a logged model."""
+def register(mlflow_client: MlflowClient, name: str, model_id: str, tags: Mapping[str, str]) -> ModelVersion:
+    """A new version of `name` from a logged model; a registered model made here says what it holds."""
     import mlflow
 
     with deferred():
-        return mlflow.register_model(f"models:/{model_id}", name, tags=dict(tags))
+        version = mlflow.register_model(f"models:/{model_id}", name, tags=dict(tags))
+    if not mlflow_client.get_registered_model(name).description:
+        mlflow_client.update_registered_model(name, REGISTERED_DESCRIPTION.format(name=name))
+    return version
 
 
 def set_version_tags(mlflow_client: MlflowClient, name: str, version: str, tags: Mapping[str, Any]) -> None:
@@ -686,6 +735,17 @@ def history(mlflow_client: MlflowClient, uri: str, name: str) -> list[dict[str, 
     return [json.loads(found[k]) for k in sorted(found, key=lambda k: k.partition(".")[2])]
 
 
+def version_decision(mlflow_client: MlflowClient, name: str, version: str) -> dict[str, Any] | None:
+    """The gate decision recorded when `version` was registered (its gate.evidence), or None if it has none."""
+    import mlflow
+
+    where = model_version(mlflow_client, name, version).tags.get("gate.evidence")
+    if not where:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(mlflow.artifacts.download_artifacts(where, dst_path=tmp)).read_text())
+
+
 def checkpoint_path(mlflow_client: MlflowClient, name: str, version: str, into: Path) -> Path:
     """Download a version's checkpoint (the pyfunc's data file) into `into`; returns its path."""
     import mlflow
@@ -694,6 +754,19 @@ def checkpoint_path(mlflow_client: MlflowClient, name: str, version: str, into: 
     uri = f"models:/{name}/{version}"
     flavor = Model.load(uri).flavors["python_function"]
     return Path(mlflow.artifacts.download_artifacts(f"{uri}/{flavor['data']}", dst_path=str(into)))
+
+
+@contextmanager
+def absent_as_error(what: str, uri: str, hint: str = "") -> Iterator[None]:
+    """What this store does not have (a run, model or version) as one line naming it and the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ValueError(f"the store {uri} has no {what}{hint}") from None
 
 
 def load_pyfunc(uri: str) -> Any:

@@ -69,6 +69,10 @@ def test_stages_in_order(workdir, store_uri, capfd):
         assert {"cost", "accuracy"} <= set(child.data.metrics)  # the baseline's: its fit on the train split
         assert [d.dataset.name for d in child.inputs.dataset_inputs] == ["tutorial.csv:train"]
         assert "roc.png" in [a.path for a in client.list_artifacts(child.info.run_id)]
+    # Compare in the UI: the same metrics on both children, so no blank or NaN cell.
+    assert set(families["model"].data.metrics) == set(families["baseline"].data.metrics)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs
     assert {r.info.run_name for r in found} == {"no git", "BinaryClassifier · no git", "LogisticRegression · no git"}
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
         "roc.png",
@@ -185,12 +189,22 @@ def test_bad_store_fails_fast_by_uri(workdir, tmp_path, monkeypatch, uri, messag
     assert not (workdir / "models/model.pt").exists()
 
 
-def test_missing_training_run_is_a_clear_error(workdir, tmp_path):
+def test_a_store_without_the_training_run_is_a_clear_error(workdir, tmp_path, template_store, monkeypatch):
     assert invoke("prepare").exit_code == 0
     assert invoke("train").exit_code == 0
+    # A run record that names no run of this store: the store finds the run by the checkpoint it wrote.
     (workdir / "models/mlflow_run.json").write_text('{"run_id": "0123456789abcdef0123456789abcdef"}')
+    assert invoke("evaluate").exit_code == 0
+    # Another store never trained this model: one line naming that store and the one the record names.
+    (tmp_path / "other").mkdir()
+    shutil.copy(template_store, tmp_path / "other/mlflow.db")
+    other = f"sqlite:///{tmp_path / 'other/mlflow.db'}"
+    assert invoke("train").exit_code == 0  # a record of this store again
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
     result = CliRunner().invoke(main, ["evaluate"])
-    assert result.exit_code == 1 and "is not in the store" in result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"no run in the store {other} trained this model" in result.output
+    assert "names runs in the store store/mlflow.db in this repository" in result.output  # the store in use before
 
 
 def test_child_process_outcomes():

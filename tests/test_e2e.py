@@ -2,17 +2,24 @@
 
 import csv
 import json
+import os
+import platform
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from mlflow import MlflowClient
 
 from pipeline.params import flatten
 from tests.conftest import REPO, run_env, sh
+from tests.test_serving import free_port
 
 pytestmark = pytest.mark.slow
 TUTORIAL_PROBA = [2.7616e-04, 3.1595e-02, 3.8959e-02, 9.5624e-01, 9.9823e-01, 9.9969e-01]
@@ -26,6 +33,13 @@ print(json.dumps({"p": out["probability"].tolist(), "label": out["label"].tolist
 """
 
 
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
 def dvc_command(project: Path, *args: str) -> tuple[list[str], dict[str, str]]:
     """This venv's `dvc` with args, and its environment (DVC's site cache beside the project)."""
     env = run_env(DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
@@ -35,6 +49,11 @@ def dvc_command(project: Path, *args: str) -> tuple[list[str], dict[str, str]]:
 def dvc(project: Path, *args: str, ok: bool = True):
     cmd, env = dvc_command(project, *args)
     return sh(cmd, project, env, ok=ok)
+
+
+def assert_up_to_date(project: Path) -> None:
+    """`dvc status`: nothing to run but the tracking stage, which DVC checks on every repro (always_changed)."""
+    assert json.loads(dvc(project, "status", "--json").stdout) == {"tracking": ["always changed"]}
 
 
 def test_dvc_repro_end_to_end(project, tmp_path):
@@ -70,9 +89,28 @@ def test_dvc_repro_end_to_end(project, tmp_path):
     for name in ("cost", "accuracy", "roc", "precision_recall", "calibration", "confusion"):
         assert f'"{name}' in page or name in page
 
-    # Nothing changed: nothing runs.
+    # `make ui`: MLflow's UI on this store, announced with the address of the training runs' view.
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "ui", "--port", str(port)], cwd=project, env=run_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        announced = ui.stderr.readline().strip()
+        expected = f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        assert announced.endswith(expected), announced
+        deadline = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{port}/health"):
+            assert ui.poll() is None and time.monotonic() < deadline, ui.stderr.read()
+            time.sleep(0.3)
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).ok
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+
+    # Nothing changed: nothing runs but the check of which store the runs go to.
     again = dvc(project, "repro").stdout
-    assert "Running stage" not in again and "up to date" in again
+    assert re.findall(r"Running stage '(\w+)'", again) == ["tracking"] and "'train' didn't change" in again
 
     # The champion loads in a fresh process, from the registry, and predicts the tutorial.
     elsewhere = tmp_path / "elsewhere"
@@ -112,7 +150,7 @@ def test_mlflow_run_is_the_parent_and_leaves_dvc_outputs_alone(project):
     model = next(c for c in children if c.data.tags["pipeline.family"] == "model")
     assert "eval_roc_auc" in model.data.metrics and len(client.get_metric_history(model.info.run_id, "cost")) == 1001
     assert json.loads((project / ".mlproject/mlflow_run.json").read_text())["parent_run_id"] == run_id
-    assert "Data and pipelines are up to date" in dvc(project, "status").stdout  # DVC's outputs untouched
+    assert_up_to_date(project)  # DVC's outputs untouched
 
     # Without --experiment-name MLflow puts its run in Default: the pipeline says so and how to fix it.
     proc = sh([mlflow_bin, "run", ".", "--env-manager", "local", "-P", "epochs=10"], project, env)
@@ -142,6 +180,12 @@ def test_queued_sweep_lands_in_dvc_and_in_one_mlflow_store(project):
     dvc(project, "repro")
     sh(["git", "add", "-A"], project, run_env())
     sh(["git", "commit", "-qm", "baseline run"], project, run_env())
+    # A fresh clone, its own new store: `dvc repro` gives the committed records byte for byte, and no
+    # record of a store (run ids, versions) is in git.
+    clone = project.parent / "clone"
+    sh(["git", "clone", "-q", str(project), str(clone)], project.parent, run_env())
+    dvc(clone, "repro")
+    assert sh(["git", "status", "--porcelain"], clone, run_env()).stdout == ""
     for lr in ("0.5", "0.25"):
         dvc(project, "exp", "run", "--queue", "-S", f"train.lr={lr}")
     dvc(project, "exp", "run", "--run-all")
@@ -173,10 +217,15 @@ def test_queued_sweep_lands_in_dvc_and_in_one_mlflow_store(project):
     # Both sweep points tie with the champion on roc_auc: it stays the first model.
     assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
 
-    # `dvc exp show` lists params.yaml's knobs (no paths, no serving settings) and the metrics.
+    # `dvc exp show` lists params.yaml's knobs (no paths, no serving settings) and the metrics; with
+    # --only-changed, what the sweep changed and the numbers it moved.
     header = dvc(project, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
     knobs = set(flatten(yaml.safe_load((project / "params.yaml").read_text())))
     assert knobs <= set(header) and not [h for h in header if h.startswith(("paths.", "serve."))]
+    changed = dvc(project, "exp", "show", "--only-changed", "--csv").stdout.splitlines()[0].split(",")
+    assert "train.lr" in changed and "model.log_loss" in changed and len(changed) <= 20, changed
+    # HEAD's plots are in git: `dvc plots diff HEAD` loads them beside the workspace's.
+    assert "errors" not in json.loads(dvc(project, "plots", "diff", "HEAD", "--json").stdout)
 
     # The plots' files hold every field dvc.yaml declares for them.
     for entry in yaml.safe_load((project / "dvc.yaml").read_text())["plots"]:
@@ -286,3 +335,19 @@ def test_a_copied_checkout_writes_nothing_outside_itself(project, tmp_path):
     (version,) = client.search_model_versions("name = 'BinaryClassifier'")
     proc = sh([sys.executable, "-c", LOAD_CHAMPION], tmp_path, run_env(MLFLOW_TRACKING_URI=uri))
     assert json.loads(proc.stdout.strip().splitlines()[-1])["label"] == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="OpenBLAS's x86 kernel names")
+def test_the_records_are_the_same_bytes_with_every_blas_kernel(tmp_path, template_store):
+    """The tutorial's model, history, metrics and plots, with the BLAS kernels of this CPU and with those of the
+    oldest x86-64 CPUs (OpenBLAS Prescott, MKL's compatible path): what another machine's `make run` records."""
+    made = {}
+    for name, kernels in {"native": {}, "oldest": {"OPENBLAS_CORETYPE": "Prescott", "MKL_CBWR": "COMPATIBLE"}}.items():
+        (tmp_path / name).mkdir()
+        shutil.copy(template_store, tmp_path / name / "mlflow.db")
+        env = run_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / name / 'mlflow.db'}", **kernels)
+        sh([sys.executable, "-m", "pipeline", "run", "--out-dir", str(tmp_path / name / "out")], REPO, env)
+        out = tmp_path / name / "out"
+        files = ["model.pt", "history.csv", "evaluate.json", *(f"plots/{p.name}" for p in (out / "plots").iterdir())]
+        made[name] = {f: (out / f).read_bytes() for f in files}
+    assert made["native"] == made["oldest"]

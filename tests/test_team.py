@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -104,6 +105,34 @@ def test_pipeline_registry_serving_and_batch_scoring_through_the_team_server(tea
     assert not any((project / name).exists() for name in ("mlflow.db", "mlruns", "mlartifacts"))
 
 
+def test_a_workspace_that_ran_locally_moves_to_the_team_server_and_back(team_server, project):
+    """The README's team block on a clone that ran on its own store first, then back: each command works or says
+    in one line which store has what."""
+    url, _ = team_server
+    params = project / "params.yaml"  # a model name of its own: the other tests' BinaryClassifier is on the server
+    params.write_text(params.read_text().replace("model_name: BinaryClassifier", "model_name: Moving"))
+    local = run_env(DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
+    team = {**local, "MLFLOW_TRACKING_URI": url}
+    report = [sys.executable, "-m", "pipeline", "report"]
+    sh([sys.executable, "-m", "dvc", "repro"], project, local)
+    sh(report, project, local)
+    refused = sh(report, project, team, ok=False)  # before `make run` there: one line, both stores named
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert f"the store {url} has no version of Moving" in refused.stderr
+    assert "registered its model in the store mlflow.db in this repository" in refused.stderr
+    ran = sh([sys.executable, "-m", "dvc", "repro"], project, team).stdout  # `make run` = dvc repro + report
+    assert re.findall(r"Running stage '(\w+)'", ran) == ["tracking", "train", "evaluate", "register"]
+    sh(report, project, team)
+    assert json.loads((project / "models/registered.json").read_text())["store"] == url
+    for command in (["history"], ["predict", "--input", "data/raw/tutorial.csv", "--output", "scored.csv"]):
+        sh([sys.executable, "-m", "pipeline", *command], project, team)
+    # Back on the local store: it runs there again (the local store keeps what it had), and all works.
+    again = sh([sys.executable, "-m", "dvc", "repro"], project, local).stdout
+    assert re.findall(r"Running stage '(\w+)'", again) == ["tracking", "train", "evaluate", "register"]
+    sh(report, project, local)
+    assert "reused" in sh([sys.executable, "-m", "pipeline", "history"], project, local).stdout
+
+
 def test_dvc_remote_round_trip_reproduces_the_champions_evaluation(team_server, project, tmp_path):
     url, _ = team_server
     (project / "mlflow.db").unlink()
@@ -117,9 +146,11 @@ def test_dvc_remote_round_trip_reproduces_the_champions_evaluation(team_server, 
     clone = project.parent / "clone"
     sh(["git", "clone", "-q", str(project), str(clone)], project.parent, env)
     sh([sys.executable, "-m", "dvc", "pull"], clone, env)
-    for output in ("data/prepared/X_train.npy", "models/model.pt", "models/mlflow_run.json"):
+    for output in ("data/prepared/X_train.npy", "models/model.pt"):
         assert (clone / output).read_bytes() == (project / output).read_bytes()
-    # The clone re-evaluates the pulled model on the pulled data: the champion's numbers, exactly.
+    # The clone re-evaluates the pulled model on the pulled data: the champion's numbers, exactly. It has no
+    # record of the training run (a record of a store, not a DVC output): the store finds it by the checkpoint.
+    assert not (clone / "models/mlflow_run.json").exists()
     sh([sys.executable, "-m", "pipeline", "evaluate"], clone, env)
     again = json.loads((clone / "metrics/evaluate.json").read_text())
     assert again == json.loads((project / "metrics/evaluate.json").read_text())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline import store
+from pipeline import files, store
 from pipeline.params import Params, build_params, read_tree
 
 FAMILIES = {"model": "BinaryClassifier", "baseline": "LogisticRegression"}
@@ -19,6 +20,7 @@ FAMILIES = {"model": "BinaryClassifier", "baseline": "LogisticRegression"}
 class Paths:
     """Every file the stages read or write, from dvc.yaml's `vars: paths` (the one place they are declared)."""
 
+    tracking: Path
     raw: Path
     prepared: Path
     model: Path
@@ -73,6 +75,11 @@ class Context:
         """The MLflow tracking (and registry) URI."""
         return store.tracking_uri(self.root, self.env)
 
+    @property
+    def store_id(self) -> str:
+        """The store as this workspace's records name it (see store.identity)."""
+        return store.identity(self.root, self.env)
+
     @functools.cached_property
     def paths(self) -> Paths:
         """The pipeline's paths from dvc.yaml."""
@@ -117,16 +124,45 @@ def splits(meta: dict[str, Any]) -> tuple[store.Split, store.Split]:
     return train, store.Split(f"{name}:test", digest, origin, meta["n_test"], features, "evaluation")
 
 
-def training_runs(client: Any, info: dict, run_info_path: Path, uri: str) -> tuple[store.RunRef, store.RunRef]:
-    """The execution's parent run and model run named in models/mlflow_run.json, checked to exist in this store."""
+def training_runs(
+    ctx: Context, client: Any, run_info_path: Path, model_path: Path
+) -> tuple[store.RunRef, store.RunRef]:
+    """The parent run and model run, in this store, of the execution that trained the model at model_path.
+
+    The run info file names them when this workspace trained that very model against this store. A model
+    DVC restored from its run cache, or trained against another store, is looked up in this store by its
+    checkpoint's hash; a store that never trained it gets a message naming both stores.
+    """
     from mlflow.exceptions import MlflowException
 
+    info = files.read_json(run_info_path) if run_info_path.exists() else {}
+    sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    if info.get("store") == ctx.store_id and info.get("checkpoint_sha256") == sha:
+        try:
+            model_run = store.run_ref(client, info["run_id"])
+            return store.run_ref(client, info["parent_run_id"], owned=info.get("parent_owned", True)), model_run
+        except (KeyError, MlflowException):
+            pass  # deleted from the store since: look it up like any other
+    found = store.trained(client, ctx.params.mlflow.experiment, sha)
+    if found is not None:
+        return found
+    recorded = info.get("store")
+    where = f" ({run_info_path} names runs in the store {recorded})" if recorded and recorded != ctx.store_id else ""
+    raise ValueError(
+        f"{model_path}: no run in the store {ctx.uri} trained this model{where}; "
+        "`dvc repro` trains it there (`dvc repro --force train` if DVC says it is up to date)"
+    )
+
+
+def elsewhere(ctx: Context, otherwise: str = "") -> str:
+    """Where this workspace registered its model, when that is another store than the one in use; else `otherwise`."""
     try:
-        model_run = store.run_ref(client, info["run_id"])
-        parent = store.run_ref(client, info["parent_run_id"], owned=info.get("parent_owned", True))
-    except (KeyError, MlflowException) as exc:
-        raise ValueError(
-            f"{run_info_path}: training run {info.get('run_id')!r} is not in the store {uri}; "
-            "re-run training (`dvc repro --force train`)"
-        ) from exc
-    return parent, model_run
+        recorded = files.read_json(ctx.paths.registered).get("store")
+    except (FileNotFoundError, ValueError):
+        return otherwise
+    if not recorded or recorded == ctx.store_id:
+        return otherwise
+    return (
+        f"; this workspace registered its model in the store {recorded} ({ctx.paths.registered.name}): point "
+        "MLFLOW_TRACKING_URI there, or `make run` registers it in this one"
+    )

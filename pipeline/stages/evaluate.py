@@ -73,7 +73,7 @@ def score(data_dir: Path, model_path: Path, params: BaselineParams) -> Scored:
         cost, accuracy = fitted.result()
         results = {"model": scored.result(), "baseline": theirs}
     return Scored(
-        {k: r[0] for k, r in results.items()},
+        {k: metrics.recorded(r[0]) for k, r in results.items()},
         {FAMILIES[k]: r[1] for k, r in results.items()},
         {"cost": cost, "accuracy": accuracy},
         int(y.shape[0]),
@@ -89,8 +89,7 @@ def execute(
     with InChild(score, data_dir, model_path, ctx.params.evaluate.baseline) as scoring:
         meta = data.read_meta(data_dir)
         client = store.client(ctx.uri)
-        info = files.read_json(run_info_path)
-        parent, model_run = training_runs(client, info, run_info_path, ctx.uri)
+        parent, model_run = training_runs(ctx, client, run_info_path, model_path)
         train_split, eval_split = splits(meta)
         # scikit-learn fits the baseline in one process, on the CPU
         tags = {**run_tags(ctx, "baseline", meta["sha256"]), "pipeline.device": "cpu", "pipeline.world_size": "1"}

@@ -7,13 +7,16 @@ from typing import Any
 import click
 
 from pipeline import store
-from pipeline.stages import Context
+from pipeline.stages import Context, elsewhere
 
 
 def execute(ctx: Context) -> None:
     """Print when, what, from, to, by, reason and evidence of each record, oldest first."""
     name = ctx.params.register.model_name
-    records = store.history(store.client(ctx.uri), ctx.uri, name)
+    try:
+        records = store.history(store.client(ctx.uri), ctx.uri, name)
+    except ValueError as exc:
+        raise ValueError(f"{exc}{elsewhere(ctx)}") from None
     moves = sum(1 for r in records if "alias" in r)
     click.echo(f"{name}: {moves} alias moves, {len(records) - moves} reused versions in {ctx.uri}")
     rows = [("when (UTC)", "what", "from", "to", "by", "reason", "evidence")]

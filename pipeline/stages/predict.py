@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from pipeline import store
-from pipeline.stages import Context
+from pipeline.stages import Context, elsewhere
 
 
 def champion_uri(ctx: Context) -> str:
@@ -32,7 +32,8 @@ def execute(
     source = batch.open_input(input_path)  # fail on a bad input before loading anything
     file_format(output_path)
     store.client(ctx.uri)
-    model = store.load_pyfunc(model_uri)
+    with store.absent_as_error(f"model {model_uri}", ctx.uri, elsewhere(ctx)):
+        model = store.load_pyfunc(model_uri)
     features = tuple(model.metadata.get_input_schema().input_names())
     bar = click.progressbar(length=source.total, label=f"scoring {input_path}", file=sys.stderr)
     tty = sys.stderr.isatty()  # a bar only on a terminal

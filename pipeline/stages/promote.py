@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline import store
-from pipeline.stages import Context
+from pipeline.stages import Context, elsewhere
 
 
 def execute(ctx: Context, version: str, reason: str) -> None:
@@ -14,7 +14,10 @@ def execute(ctx: Context, version: str, reason: str) -> None:
         raise ValueError("--reason must say why (it is recorded in the alias history)")
     name = ctx.params.register.model_name
     client = store.client(ctx.uri)
-    target = store.model_version(client, name, version)
+    try:
+        target = store.model_version(client, name, version)
+    except ValueError as exc:
+        raise ValueError(f"{exc} in the store {ctx.uri}{elsewhere(ctx)}") from None
     evidence = {"manual": True, "run_id": target.run_id}
     with store.registry_lock(client, ctx.uri, name):  # not between a registration's decision and its move
         before = store.move_alias(client, ctx.uri, name, store.CHAMPION, str(target.version), reason, evidence)

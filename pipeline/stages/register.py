@@ -34,7 +34,7 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
     results = files.read_json(metrics_path)
     checkpoint = model_path.read_bytes()
     client = store.client(ctx.uri)
-    parent, run = training_runs(client, files.read_json(run_info_path), run_info_path, ctx.uri)
+    parent, run = training_runs(ctx, client, run_info_path, model_path)
     _, eval_split = splits(meta)
     sha = store.fingerprint(checkpoint, serving.SERVING_CONFIG)
     with store.running(client, run, parent), store.registry_lock(client, ctx.uri, p.model_name):  # one step
@@ -65,7 +65,8 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
             store.move_alias(
                 client, ctx.uri, p.model_name, store.CHAMPION, number, decision.reason, _evidence(decision, run.run_id)
             )
-        summary = {**_summary(client, p.model_name, number, new, decision), "decision_run_id": run.run_id}
+        summary = {**summary_of(client, p.model_name, number, new, asdict(decision)), "decision_run_id": run.run_id}
+        summary["store"] = ctx.store_id
         files.write_json(out, summary)
     click.echo(registration_line(summary))
 
@@ -88,7 +89,7 @@ def _register(
     eval_metrics = {f"eval_{k}": v for k, v in results["model"].items()}
     model_id = store.log_model(client, run, spec, ctx.params.knobs(), eval_metrics, eval_split)
     name = ctx.params.register.model_name
-    version = store.register(name, model_id, {store.SHA_TAG: sha, "pipeline.data_sha256": prepared.sha256})
+    version = store.register(client, name, model_id, {store.SHA_TAG: sha, "pipeline.data_sha256": prepared.sha256})
     store.move_alias(client, ctx.uri, name, store.CHALLENGER, version.version, f"new version from run {run.run_id}")
     return version
 
@@ -166,8 +167,8 @@ def _summary_tags(decision: gate.Decision, run_id: str) -> dict[str, str]:
     return tags
 
 
-def _summary(client: Any, name: str, version: str, new: bool, decision: gate.Decision) -> dict[str, Any]:
-    """What models/registered.json records."""
+def summary_of(client: Any, name: str, version: str, new: bool | None, decision: dict[str, Any]) -> dict[str, Any]:
+    """A version, its aliases now and a gate decision about it (what models/registered.json records)."""
     current = store.model_version(client, name, version)
     return {
         "name": name,
@@ -177,16 +178,17 @@ def _summary(client: Any, name: str, version: str, new: bool, decision: gate.Dec
         "model_uri": f"models:/{name}/{current.version}",
         "run_id": current.run_id,
         "model_sha256": current.tags.get(store.SHA_TAG),
-        "decision": asdict(decision),
+        "decision": decision,
     }
 
 
 def registration_line(summary: dict[str, Any]) -> str:
     """One sentence on what the registry now holds."""
     aliases = ", ".join(f"@{a}" for a in summary["aliases"]) or "no aliases"
-    state = "new version" if summary["new_version"] else "unchanged model, existing version"
+    new = summary["new_version"]  # None: not about an execution (the report)
+    state = "" if new is None else "new version; " if new else "unchanged model, existing version; "
     return (
-        f"{summary['name']} v{summary['version']} ({state}; {aliases}): "
+        f"{summary['name']} v{summary['version']} ({state}{aliases}): "
         f"{'champion' if summary['decision']['promote'] else 'not champion'}: {summary['decision']['reason']}"
     )
 

@@ -9,22 +9,38 @@ from typing import Any
 import click
 
 from pipeline import files, store
-from pipeline.stages import FAMILIES, Context, Paths
+from pipeline.stages import FAMILIES, Context, Paths, elsewhere
 from pipeline.stages.evaluate import comparison_table
-from pipeline.stages.register import registration_line, score_version
+from pipeline.stages.register import registration_line, score_version, summary_of
 
 
 def execute(ctx: Context, paths: Paths) -> None:
-    """Write <reports>/report.html (self-contained) and report.md with its figures; print where they are."""
-    from pipeline import data, figures, reporting
+    """Write <reports>/report.html (self-contained) and report.md with its figures; print where they are.
+
+    This workspace's version is the one the store registered for its model (found by the model's
+    fingerprint, whichever execution registered it), with the gate decision made when it was registered.
+    """
+    from pipeline import data, figures, reporting, serving
 
     results = files.read_json(paths.metrics)
-    summary = files.read_json(paths.registered)
     tables = {name: files.read_json(paths.plots / f"{name}.json") for name in figures.TABLES}
     ours = figures.from_tables(tables)
     meta = data.read_meta(paths.prepared)
     client = store.client(ctx.uri)
-    name, version = summary["name"], str(summary["version"])
+    name = ctx.params.register.model_name
+    found = store.find_version(client, name, store.fingerprint(paths.model.read_bytes(), serving.SERVING_CONFIG))
+    if found is None:
+        raise ValueError(
+            f"{paths.model}: the store {ctx.uri} has no version of {name} for this model"
+            + elsewhere(ctx, "; `make run` (or `dvc repro`) registers it there")
+        )
+    version = str(found.version)
+    decision = store.version_decision(client, name, version)
+    if decision is None:
+        raise ValueError(
+            f"{name} v{version} has no gate decision (its registration was cut short): `dvc repro -f register`"
+        )
+    summary = summary_of(client, name, version, None, decision)
     notes: list[str] = []
     champion = store.alias_version(client, name, store.CHAMPION)
     challenger = store.alias_version(client, name, store.CHALLENGER)

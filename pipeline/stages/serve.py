@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from pipeline import store
-from pipeline.stages import Context
+from pipeline.stages import Context, elsewhere
 
 
 def execute(
@@ -19,7 +19,8 @@ def execute(
 ) -> None:
     """Describe the model, then replace this process with `mlflow models serve` (this store, this venv's uvicorn)."""
     client = store.client(ctx.uri)
-    click.echo(describe(client, model_uri, host, port), err=True)
+    with store.absent_as_error(f"model {model_uri}", ctx.uri, elsewhere(ctx)):
+        click.echo(describe(client, model_uri, host, port), err=True)
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` starts `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.uri, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     config = {"device": device, "max_request_bytes": None if max_request_mb is None else int(max_request_mb * 2**20)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,9 +144,12 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, history_path: Path, 
             fitted = fitting.result(lambda chunk: log_chunk(client, run.run_id, chunk))
             for run_id in (parent.run_id, run.run_id):  # the device `auto` resolved to
                 store.set_tags(client, run_id, {"pipeline.device": fitted.device})
+            sha = hashlib.sha256(fitted.checkpoint).hexdigest()
+            store.set_tags(client, run.run_id, {store.CHECKPOINT_TAG: sha})  # how later stages find this run
             pairs = zip(fitted.cost.tolist(), fitted.accuracy.tolist(), strict=True)
             rows = "".join(f"{i},{c!r},{a!r}\n" for i, (c, a) in enumerate(pairs))
-            info = {"experiment_id": run.experiment_id, "parent_run_id": parent.run_id, "parent_owned": parent.owned}
+            info = {"store": ctx.store_id, "checkpoint_sha256": sha, "experiment_id": run.experiment_id,
+                    "parent_run_id": parent.run_id, "parent_owned": parent.owned}  # fmt: skip
             with interrupts.deferred():  # the three outputs together: never a new model beside an old run id
                 files.write_bytes(model_path, fitted.checkpoint)
                 files.write_text(history_path, "epoch,cost,accuracy\n" + rows)

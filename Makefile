@@ -49,4 +49,4 @@ server: $(STAMP)
 # Leaves what git tracks (dvc.lock, metrics/, plots/, models/history.csv, models/tracking.json).
 clean:
 	rm -rf $(VENV) mlflow.db mlflow.db.* mlartifacts mlruns data/prepared reports .mlproject
-	rm -f models/model.pt models/mlflow_run.json models/registered.json
+	rm -rf models/model.pt models/mlflow_run.json models/registered.json models/recorded

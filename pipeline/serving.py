@@ -238,9 +238,17 @@ def _plain_numbers(payload: Any, features: tuple[str, ...]) -> bool:
 
 
 def csv_problem(body: bytes, features: tuple[str, ...]) -> str | None:
-    """The first feature cell of a CSV body that cell_problem refuses, by row (= line, the header is line 1)."""
+    """The first row of a CSV body that is not what the client meant, or whose feature cell cell_problem refuses.
+
+    Rows are named by line (the header is line 1). pandas' reader makes a row's extra field the index and
+    shifts every column (the row `1,2,3` under `x1,x2` would be scored as x1=2, x2=3), and fills a short row
+    with NaN: every row must have the header's number of fields, and every column a name.
+    """
     import io
 
+    problem = _csv_shape_problem(body)
+    if problem:
+        return problem
     try:
         frame = pd.read_csv(io.BytesIO(body), skipinitialspace=True)
     except Exception:  # pandas raises many types for text that is not a table: MLflow's parser says why
@@ -251,6 +259,35 @@ def csv_problem(body: bytes, features: tuple[str, ...]) -> str | None:
         feature_matrix(frame, features, first_row=2)
     except TableError as exc:
         return f"request {exc}"
+    return None
+
+
+def _csv_shape_problem(body: bytes) -> str | None:
+    """A header with an unnamed column (an index), or a row with another number of fields than the header."""
+    import csv
+    import io
+
+    try:
+        reader = csv.reader(io.StringIO(body.decode("utf-8-sig"), newline=""), strict=True)
+        header = next(reader, None)
+        if header is None:
+            return None  # no table at all: MLflow's parser says so
+        unnamed = [i + 1 for i, name in enumerate(header) if not name.strip()]
+        if unnamed:
+            return (
+                f"request CSV header: column {unnamed[0]} has no name (an index column?); send a header naming "
+                "every column, and only the columns' values on each row"
+            )
+        for row in reader:
+            if row and len(row) != len(header):  # (an empty line is skipped, as pandas does)
+                return (
+                    f"request row {reader.line_num}: {len(row)} fields, but the header has {len(header)} "
+                    f"({','.join(header)})"
+                )
+    except UnicodeDecodeError:
+        return None  # not text: MLflow's parser says why
+    except csv.Error as exc:  # an unterminated quote, say
+        return f"request body is not valid CSV at line {reader.line_num}: {exc}"
     return None
 
 

@@ -384,6 +384,31 @@ def trained(mlflow_client: MlflowClient, experiment: str, checkpoint_sha256: str
     return None
 
 
+def holds_checkpoint(uri: str, experiment: str, checkpoint_sha256: str) -> bool:
+    """Whether the store holds a model run that wrote this checkpoint.
+
+    A sqlite store is read with sqlite3 (a check DVC makes on every repro: MLflow's import and store open would
+    cost it about 2 s); other stores through MLflow.
+    """
+    if not uri.startswith("sqlite:///"):
+        return trained(client(uri), experiment, checkpoint_sha256) is not None
+    import sqlite3
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not database.exists():
+        return False
+    query = (
+        "SELECT 1 FROM tags JOIN runs ON runs.run_uuid = tags.run_uuid JOIN experiments ON "
+        "experiments.experiment_id = runs.experiment_id WHERE tags.key = ? AND tags.value = ? "
+        "AND runs.lifecycle_stage = 'active' AND experiments.name = ? LIMIT 1"
+    )
+    try:
+        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+            return db.execute(query, (CHECKPOINT_TAG, checkpoint_sha256, experiment)).fetchone() is not None
+    except sqlite3.Error:  # not (yet) an MLflow store
+        return False
+
+
 def run_params(mlflow_client: MlflowClient, run_id: str) -> dict[str, str]:
     """A run's params."""
     return dict(mlflow_client.get_run(run_id).data.params)

@@ -19,9 +19,12 @@ LOG_LINE = "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%"
 MAX_KEPT_ELEMENTS = 1 << 24  # hypotheses kept between log lines: at most 64 MiB of float32
 HistoryCallback = Callable[[int, np.ndarray, np.ndarray], None]
 # A cost this many times above where training started (or above a no-information model's ln 2, if that
-# is more) is divergence. Binary cross entropy clamps log at -100, so a diverging sgd run saturates (at 50
-# for a balanced label) instead of becoming NaN: its behaviour gives it away, not NaN alone.
+# is more) is far off. Binary cross entropy clamps log at -100, so a diverging sgd run saturates (at 50
+# for a balanced label) instead of becoming NaN: its behaviour gives it away, not NaN alone. A bold learning
+# rate spikes that high in its first epochs and then comes back, so far off is divergence only while the cost
+# stays there: DIVERGENCE_PATIENCE log lines in a row, or at the last one.
 DIVERGENCE_FACTOR = 10.0
+DIVERGENCE_PATIENCE = 3
 
 
 class DeviceError(ValueError):
@@ -32,19 +35,46 @@ class DivergenceError(ValueError):
     """The cost became NaN or inf, or rose far above where it started."""
 
 
-def check_divergence(cost: np.ndarray, first_epoch: int, start: float, rising: bool = True) -> None:
-    """Raise DivergenceError naming the first epoch whose cost is not finite (or, if `rising`, far above start)."""
-    bad = ~np.isfinite(cost)
-    if rising:
-        bad |= cost > DIVERGENCE_FACTOR * max(start, math.log(2))
-    if not bad.any():
-        return
-    i = int(np.argmax(bad))
-    what = "is not a number" if not np.isfinite(cost[i]) else f"rose to {cost[i]:.6g} from {start:.6g} at epoch 0"
-    raise DivergenceError(
-        f"train: diverged at epoch {first_epoch + i}: the cost {what}; lower train.lr "
-        "(or set prepare.standardize: true); nothing was saved or registered"
-    )
+@dataclass
+class DivergenceWatch:
+    """Judges at each log line whether training diverges.
+
+    A cost that is not finite stops it at once; one far above where it started stops it only if it has not
+    come back DIVERGENCE_PATIENCE log lines later, or by the last line (never, with `rising` False).
+    """
+
+    rising: bool = True
+    start: float | None = None
+    since: int | None = None  # first epoch of the current stretch far above the start
+    peak: float = 0.0
+    lines: int = 0  # log lines in a row that ended in that stretch
+
+    def check(self, cost: np.ndarray, first_epoch: int, last: bool) -> None:
+        """Raise DivergenceError naming the epoch where it went wrong; `cost` holds epochs from first_epoch on."""
+        self.start = float(cost[0]) if self.start is None else self.start
+        finite = np.isfinite(cost)
+        if not finite.all():
+            self._fail(first_epoch + int(np.argmin(finite)), "is not a number")
+        if not self.rising:
+            return
+        high = cost > DIVERGENCE_FACTOR * max(self.start, math.log(2))
+        if not high[-1]:  # back (or never gone): a spike on the way is not divergence
+            self.since, self.peak, self.lines = None, 0.0, 0
+            return
+        if self.since is None:
+            below = np.flatnonzero(~high)
+            self.since = first_epoch + (int(below[-1]) + 1 if below.size else 0)
+        self.peak, self.lines = max(self.peak, float(cost[high].max())), self.lines + 1
+        if self.lines >= DIVERGENCE_PATIENCE or last:
+            end = first_epoch + cost.shape[0] - 1
+            how = f"rose to {self.peak:.6g} from {self.start:.6g} at epoch 0 and had not come back by epoch {end}"
+            self._fail(self.since, how)
+
+    def _fail(self, epoch: int, what: str) -> None:
+        raise DivergenceError(
+            f"train: diverged at epoch {epoch}: the cost {what}; lower train.lr "
+            "(or set prepare.standardize: true); nothing was saved or registered"
+        )
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -105,7 +135,7 @@ class _History:
         rising: bool = True,
     ) -> None:
         self.shard, self.log, self.on_history = shard, log, on_history
-        self.rising = rising  # whether a cost far above its start is divergence (not for line-search trials)
+        self.watch = DivergenceWatch(rising)  # a cost far above its start is no divergence in line-search trials
         self.score = score  # turns what add() kept into hit counts, at flush time
         self.costs: list[torch.Tensor] = []
         self.kept: list[torch.Tensor] = []
@@ -134,8 +164,7 @@ class _History:
             cost = sums[0] / counts
         chunk_cost = cost.cpu().numpy().astype(np.float64)
         chunk_accuracy = hits.cpu().numpy().astype(np.float64) / counts.cpu().numpy().astype(np.float64)
-        start = float(self.cost_parts[0][0] if self.cost_parts else chunk_cost[0])
-        check_divergence(chunk_cost, self.first, start, self.rising)
+        self.watch.check(chunk_cost, self.first, epoch >= total)
         self.log(LOG_LINE.format(epoch, total, chunk_cost[-1], chunk_accuracy[-1] * 100))
         if self.on_history is not None:
             self.on_history(self.first, chunk_cost, chunk_accuracy)

@@ -184,8 +184,18 @@ def test_queued_sweep_lands_in_dvc_and_in_one_mlflow_store(project):
     # record of a store (run ids, versions) is in git.
     clone = project.parent / "clone"
     sh(["git", "clone", "-q", str(project), str(clone)], project.parent, run_env())
-    dvc(clone, "repro")
-    assert sh(["git", "status", "--porcelain"], clone, run_env()).stdout == ""
+    for _ in ("a new clone", "the same clone, its store deleted"):
+        ran = dvc(clone, "repro").stdout  # every stage that records into the store runs in the new one
+        assert re.findall(r"Running stage '(\w+)'", ran)[-3:] == ["train", "evaluate", "register"], ran
+        assert sh(["git", "status", "--porcelain"], clone, run_env()).stdout == ""
+        sh([sys.executable, "-m", "pipeline", "report"], clone, run_env())
+        uri = f"sqlite:///{clone / 'mlflow.db'}"
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("binary-classifier").experiment_id])
+        families = [r.data.tags["pipeline.family"] for r in runs]
+        assert sorted(families) == ["baseline", "execution", "model"]
+        (clone / "mlflow.db").unlink()
+        shutil.rmtree(clone / "mlartifacts")
     for lr in ("0.5", "0.25"):
         dvc(project, "exp", "run", "--queue", "-S", f"train.lr={lr}")
     dvc(project, "exp", "run", "--run-all")

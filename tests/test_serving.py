@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import http.client
 import io
 import json
@@ -98,6 +99,7 @@ def invoke_json(port: int, payload) -> tuple[int, dict]:
 
 
 JSON = {"Content-Type": "application/json"}
+CSV = {"Content-Type": "text/csv"}
 
 
 def pipeline_proba(root: Path, X) -> np.ndarray:
@@ -243,6 +245,17 @@ BAD = {
     "CSV string": (b"x1,x2\n1,2\nabc,2\n", {"Content-Type": "text/csv"}, 400, "request row 3, column 'x1'"),
     "CSV boolean": (b"x1,x2\nTrue,2\n", {"Content-Type": "text/csv"}, 400, "row 2, column 'x1': not a number: True"),
     "oversized body": (BIG, JSON, 413, f"over the limit of {MAX_BODY} bytes"),
+    # Every CSV row is what the client sent: pandas would make an extra field the index and shift the columns.
+    "CSV extra field": (
+        b"x1,x2\n1,2,3\n",
+        {"Content-Type": "text/csv"},
+        400,
+        "request row 2: 3 fields, but the header",
+    ),
+    "CSV short row": (b"x1,x2\n1,2\n3\n", {"Content-Type": "text/csv"}, 400, "request row 3: 1 fields, but the header"),
+    "CSV quoted header": (b'"x1,x2"\n1,2\n', {"Content-Type": "text/csv"}, 400, "request row 2: 2 fields"),
+    "CSV second header": (b"x1,x2\n1,2\nx1,x2\n", {"Content-Type": "text/csv"}, 400, "row 3, column 'x1': not a"),
+    "CSV index column": (b",x1,x2\n0,1,2\n", {"Content-Type": "text/csv"}, 400, "column 1 has no name"),
 }
 
 
@@ -348,6 +361,15 @@ def fuzz_requests(n: int, seed: int):
         yield method, body, headers
 
 
+def ragged_csv(body: bytes) -> bool:
+    """Whether a CSV body has a row with another number of fields than its header (or an unnamed column)."""
+    try:
+        rows = [row for row in csv.reader(io.StringIO(body.decode("utf-8-sig"), newline=""), strict=True) if row]
+    except (UnicodeDecodeError, csv.Error):
+        return False
+    return bool(rows) and (any(not name.strip() for name in rows[0]) or any(len(r) != len(rows[0]) for r in rows))
+
+
 def test_fuzzed_requests_get_4xx_never_5xx(server):
     port, _ = server
     seen: dict[int, int] = {}
@@ -356,6 +378,8 @@ def test_fuzzed_requests_get_4xx_never_5xx(server):
         seen[status] = seen.get(status, 0) + 1
         assert 200 <= status < 500, (status, body[:200], headers, text[:500])
         assert "Traceback" not in text and "stack_trace" not in text, text[:500]
+        if headers.get("Content-Type") == "text/csv" and method == "POST" and ragged_csv(body):
+            assert status != 200, (body[:200], text[:500])  # an answer, but for rows the client never sent
     print("fuzzed request statuses:", dict(sorted(seen.items())))
     assert request(port, "GET", "/ping")[0] == 200
 
@@ -510,6 +534,10 @@ def test_batch_scoring_csv_and_parquet_in_chunks(registered, tmp_path):
         ("x1,x2\n1,2\n3,True\n", "in.csv, row 3, column 'x2': not a number: 'True'"),
         ("x1,x2\n1,2\n3,1e39\n", "in.csv, row 3, column 'x2': 1e+39 is beyond float32"),
         ("x1,x2\n1,2\n3,4,5\n", "in.csv, row 3: expected 2 columns, got 3"),
+        ("x1,x2\n1,2\n3\n", "in.csv, row 3: expected 2 columns, got 1"),
+        ('"x1,x2"\n1,2\n', "in.csv: missing column(s) ['x1', 'x2']"),
+        ("x1,x2\n1,2\nx1,x2\n", "in.csv, row 3, column 'x1': not a number: 'x1'"),
+        (",x1,x2\n0,1,2\n", "in.csv: header has empty or duplicate column names"),
         ("x1;x2\n1;2\n", "in.csv: one column 'x1;x2': the file looks ';'-separated"),
     ],
 )

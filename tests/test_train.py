@@ -413,12 +413,20 @@ def test_cuda_optimizers_match_cpu(overrides):
     assert abs(gpu.cost[-1] - cpu.cost[-1]) < 1e-3
 
 
-def test_divergence_is_named_by_epoch():
-    from pipeline.training import DivergenceError, check_divergence
+def test_divergence_is_named_by_epoch_and_a_spike_that_comes_back_is_not_divergence():
+    from pipeline.training import DIVERGENCE_PATIENCE, DivergenceError, DivergenceWatch
 
-    check_divergence(np.array([0.7, 0.5, 3.0]), 0, 0.7)  # a bump, not divergence
+    spike = DivergenceWatch()
+    spike.check(np.array([0.54, 35.1, 20.0, 0.3]), 0, last=False)  # a bold lr: far off, then back
+    spike.check(np.array([0.01, 0.008]), 4, last=True)
     with pytest.raises(DivergenceError, match="diverged at epoch 12: the cost is not a number"):
-        check_divergence(np.array([0.4, np.nan, np.inf]), 11, 0.7)
-    with pytest.raises(DivergenceError, match="diverged at epoch 3: the cost rose to 50 from 0.54"):
-        check_divergence(np.array([0.5, 50.0]), 2, 0.54)
-    check_divergence(np.array([0.5, 50.0]), 2, 0.54, rising=False)  # L-BFGS line-search trials
+        DivergenceWatch().check(np.array([0.4, np.nan, np.inf]), 11, last=False)
+    stuck = DivergenceWatch()
+    stuck.check(np.array([0.54, 50.0]), 0, last=False)  # far off at a log line: one more chance ...
+    for line in range(1, DIVERGENCE_PATIENCE - 1):
+        stuck.check(np.array([50.0, 50.0]), 2 * line, last=False)
+    with pytest.raises(DivergenceError, match="epoch 1: the cost rose to 50 from 0.54 .* not come back by epoch"):
+        stuck.check(np.array([50.0, 50.0]), 2 * DIVERGENCE_PATIENCE - 2, last=False)  # ... until the patience ends
+    with pytest.raises(DivergenceError, match="diverged at epoch 2: the cost rose to 50"):
+        DivergenceWatch().check(np.array([0.54, 0.5, 50.0]), 0, last=True)  # at the end, nothing comes back
+    DivergenceWatch(rising=False).check(np.array([0.5, 50.0]), 2, last=True)  # L-BFGS line-search trials

@@ -21,6 +21,7 @@ class Paths:
     """Every file the stages read or write, from dvc.yaml's `vars: paths` (the one place they are declared)."""
 
     tracking: Path
+    recorded: Path
     raw: Path
     prepared: Path
     model: Path
@@ -166,3 +167,23 @@ def elsewhere(ctx: Context, otherwise: str = "") -> str:
         f"; this workspace registered its model in the store {recorded} ({ctx.paths.registered.name}): point "
         "MLFLOW_TRACKING_URI there, or `make run` registers it in this one"
     )
+
+
+# What ctx.paths.recorded/<stage> says: the same bytes in every clone, so dvc.lock stays as committed.
+RECORDED = "this stage's runs are in the MLflow store that models/tracking.json names\n"
+PENDING = "this stage's runs are not (yet) in the MLflow store that models/tracking.json names\n"
+RECORDING_STAGES = ("train", "evaluate", "register")
+
+
+def workspace(ctx: Context, path: Path) -> Path:
+    """`path` (one of ctx.paths) in the workspace this process works in: a temp copy under `dvc exp run --temp`.
+
+    DVC runs a stage in its workspace (DVC_ROOT names the repository the experiment belongs to, not the copy).
+    """
+    return (Path.cwd() if ctx.env.get("DVC_STAGE") else ctx.root) / path.relative_to(ctx.root)
+
+
+def mark_recorded(ctx: Context, stage: str) -> None:
+    """Under `dvc repro`, note that this stage's runs are in the store: its dep <recorded>/<stage> (see dvc.yaml)."""
+    if ctx.env.get("DVC_STAGE") == stage:
+        files.write_text(workspace(ctx, ctx.paths.recorded) / stage, RECORDED)

@@ -12,7 +12,7 @@ import click
 from pipeline import files, interrupts, store
 from pipeline.child import InChild
 from pipeline.params import METRICS, BaselineParams
-from pipeline.stages import FAMILIES, Context, splits, training_runs
+from pipeline.stages import FAMILIES, Context, mark_recorded, splits, training_runs
 from pipeline.stages.identity import run_tags
 
 
@@ -116,6 +116,7 @@ def execute(
                 files.write_json(metrics_path, scored.metrics)
                 for table, rows in figures.tables(scored.curves).items():
                     files.write_text(plots / f"{table}.json", json.dumps(rows, indent=1) + "\n")
+                mark_recorded(ctx, "evaluate")
     click.echo(comparison_table(scored.metrics))
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline import files, gate, store
-from pipeline.stages import Context, splits, training_runs
+from pipeline.stages import Context, mark_recorded, splits, training_runs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -68,6 +68,7 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
         summary = {**summary_of(client, p.model_name, number, new, asdict(decision)), "decision_run_id": run.run_id}
         summary["store"] = ctx.store_id
         files.write_json(out, summary)
+        mark_recorded(ctx, "register")
     click.echo(registration_line(summary))
 
 

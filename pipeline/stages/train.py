@@ -16,7 +16,7 @@ import numpy as np
 from pipeline import files, interrupts, store
 from pipeline.child import InChild
 from pipeline.params import TrainParams
-from pipeline.stages import FAMILIES, Context, splits
+from pipeline.stages import FAMILIES, Context, mark_recorded, splits
 from pipeline.stages.identity import run_tags
 
 
@@ -154,5 +154,6 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, history_path: Path, 
                 files.write_bytes(model_path, fitted.checkpoint)
                 files.write_text(history_path, "epoch,cost,accuracy\n" + rows)
                 files.write_json(run_info_path, {**info, "run_id": run.run_id, "run_name": name})
+                mark_recorded(ctx, "train")
     click.echo(fitted.weights)
     click.echo(f"MLflow run {run.run_id} in {name!r} ({ctx.uri})")

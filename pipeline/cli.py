@@ -12,7 +12,7 @@ import click
 
 from pipeline import store
 from pipeline.interrupts import Interrupted
-from pipeline.stages import Context
+from pipeline.stages import Context, tidy
 
 
 def _is_user_error(exc: Exception) -> bool:
@@ -39,6 +39,7 @@ def command(func: Callable[..., None]) -> Callable[..., None]:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
             ctx = Context.load(params_path, overrides, dict(os.environ), click.get_current_context().info_name)
+            tidy(ctx)
             func(ctx, **kwargs)
         except BaseException as exc:
             # Runs opened but not yet under store.running (a failure or signal right after creating them).

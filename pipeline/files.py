@@ -11,11 +11,14 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+TEMP_NAME = re.compile(r"\..+\.(\d+)-[^.]*\.tmp")  # `.<name>.<pid>-<random>.tmp`, as _prefix and mkstemp make
 
 
 def _prefix(path: Path) -> str:
@@ -27,10 +30,19 @@ def _prefix(path: Path) -> str:
 
 def remove_stale(path: Path) -> list[Path]:
     """Remove the temp files and folders beside `path` left by processes that no longer exist."""
+    return _remove_dead(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove every temp file and folder in `folder` whose process no longer exists (whatever its target)."""
+    return _remove_dead(folder.glob(".*.tmp")) if folder.is_dir() else []
+
+
+def _remove_dead(candidates: Iterable[Path]) -> list[Path]:
     removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].partition("-")[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+    for tmp in candidates:
+        owner = TEMP_NAME.fullmatch(tmp.name)
+        if owner and not process_alive(int(owner.group(1))):
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

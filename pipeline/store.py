@@ -120,6 +120,7 @@ def client(uri: str) -> MlflowClient:
             opened.search_experiments(max_results=1)  # the store exists and is migrated before anyone else opens it
             if uri.startswith("sqlite:///"):
                 _relocate(Path(uri.removeprefix("sqlite:///")).resolve())
+            reap_dead_runs(opened)  # runs a SIGKILLed process left RUNNING: whatever command comes next
     except Exception as exc:  # a bad URI or location fails in many libraries' ways: one message naming it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot open the MLflow store {uri} (MLFLOW_TRACKING_URI): {first}") from exc
@@ -290,16 +291,35 @@ def _owner_gone(tags: Mapping[str, str]) -> bool:
     return tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() and not files.process_alive(int(pid))
 
 
-def reap_dead_runs(mlflow_client: MlflowClient, exp_id: str) -> list[str]:
-    """Mark KILLED the RUNNING runs of `exp_id` whose owning process on this host is gone (after SIGKILL)."""
+def reap_dead_runs(mlflow_client: MlflowClient) -> list[str]:
+    """Mark KILLED every RUNNING run, in any experiment, whose owning process on this host is gone (SIGKILL)."""
     host = socket.gethostname().replace("'", "")
-    found = mlflow_client.search_runs(
-        [exp_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'", max_results=1000
-    )
+    ids = [e.experiment_id for e in mlflow_client.search_experiments(max_results=50000)]
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+    found = mlflow_client.search_runs(ids, query, max_results=1000) if ids else []
     dead = [r.info.run_id for r in found if _owner_gone(r.data.tags)]
     for run_id in dead:
         mlflow_client.set_terminated(run_id, "KILLED")
     return dead
+
+
+def dead_owners_recorded(uri: str) -> bool:
+    """Whether a sqlite store holds RUNNING runs whose owner on this host is gone; read with sqlite3, no MLflow."""
+    import sqlite3
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or not database.exists():
+        return False
+    query = (
+        "SELECT host.value, pid.value FROM runs JOIN tags host ON host.run_uuid = runs.run_uuid AND host.key = ? "
+        "JOIN tags pid ON pid.run_uuid = runs.run_uuid AND pid.key = ? WHERE runs.status = 'RUNNING'"
+    )
+    try:
+        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+            owners = db.execute(query, (HOST_TAG, PID_TAG)).fetchall()
+    except sqlite3.Error:  # not (yet) an MLflow store
+        return False
+    return any(_owner_gone({HOST_TAG: host, PID_TAG: pid}) for host, pid in owners)
 
 
 def open_parent(
@@ -325,7 +345,6 @@ def open_parent(
             )
         return RunRef(run_id, run.info.experiment_id, owned=False), name, warning
     exp_id = experiment_id(mlflow_client, experiment, uri)
-    reap_dead_runs(mlflow_client, exp_id)
     with deferred():  # created and recorded as open in one step
         run = mlflow_client.create_run(exp_id, run_name=label, tags={**tags, **owner_tags()})
         ref = _opened(mlflow_client, RunRef(run.info.run_id, exp_id))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import run_env
+from tests.conftest import run_env, sh
 from tests.test_e2e import assert_up_to_date, dvc
 
 pytestmark = pytest.mark.slow
@@ -113,13 +113,15 @@ def test_sigkill_leftovers_are_cleaned_by_the_next_run(project, tmp_path):
     signalled(proc, signal.SIGKILL)
     assert statuses(client).count("RUNNING") == 2  # ...nor end its runs
 
-    # A registration killed after creating its version, before moving @challenger to it.
-    client.delete_registered_model_alias("BinaryClassifier", "challenger")
-
-    dvc(project, "repro", "--force")
+    # The next command of any kind clears both, not only the same stage run again.
+    sh([sys.executable, "-m", "pipeline", "history"], project, run_env())
     assert not leftovers(project)
     found = statuses(client)
     assert "RUNNING" not in found and found.count("KILLED") == 2
+
+    # A registration killed after creating its version, before moving @challenger to it.
+    client.delete_registered_model_alias("BinaryClassifier", "challenger")
+    dvc(project, "repro", "--force")
     assert str(client.get_model_version_by_alias("BinaryClassifier", "challenger").version) == "1"
 
 

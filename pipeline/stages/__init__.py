@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -125,56 +124,6 @@ def splits(meta: dict[str, Any]) -> tuple[store.Split, store.Split]:
     return train, store.Split(f"{name}:test", digest, origin, meta["n_test"], features, "evaluation")
 
 
-def training_runs(
-    ctx: Context, client: Any, run_info_path: Path, model_path: Path
-) -> tuple[store.RunRef, store.RunRef]:
-    """The parent run and model run, in this store, of the execution that trained the model at model_path.
-
-    The run info file names them when this workspace trained that very model against this store. A model
-    DVC restored from its run cache, or trained against another store, is looked up in this store by its
-    checkpoint's hash; a store that never trained it gets a message naming both stores.
-    """
-    from mlflow.exceptions import MlflowException
-
-    info = files.read_json(run_info_path) if run_info_path.exists() else {}
-    sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
-    if info.get("store") == ctx.store_id and info.get("checkpoint_sha256") == sha:
-        try:
-            model_run = store.run_ref(client, info["run_id"])
-            return store.run_ref(client, info["parent_run_id"], owned=info.get("parent_owned", True)), model_run
-        except (KeyError, MlflowException):
-            pass  # deleted from the store since: look it up like any other
-    found = store.trained(client, ctx.params.mlflow.experiment, sha)
-    if found is not None:
-        return found
-    recorded = info.get("store")
-    where = f" ({run_info_path} names runs in the store {recorded})" if recorded and recorded != ctx.store_id else ""
-    raise ValueError(
-        f"{model_path}: no run in the store {ctx.uri} trained this model{where}; "
-        "`dvc repro` trains it there (`dvc repro --force train` if DVC says it is up to date)"
-    )
-
-
-def elsewhere(ctx: Context, otherwise: str = "") -> str:
-    """Where this workspace registered its model, when that is another store than the one in use; else `otherwise`."""
-    try:
-        recorded = files.read_json(ctx.paths.registered).get("store")
-    except (FileNotFoundError, ValueError):
-        return otherwise
-    if not recorded or recorded == ctx.store_id:
-        return otherwise
-    return (
-        f"; this workspace registered its model in the store {recorded} ({ctx.paths.registered.name}): point "
-        "MLFLOW_TRACKING_URI there, or `make run` registers it in this one"
-    )
-
-
-# What ctx.paths.recorded/<stage> says: the same bytes in every clone, so dvc.lock stays as committed.
-RECORDED = "this stage's runs are in the MLflow store that models/tracking.json names\n"
-PENDING = "this stage's runs are not (yet) in the MLflow store that models/tracking.json names\n"
-RECORDING_STAGES = ("train", "evaluate", "register")
-
-
 def workspace(ctx: Context, path: Path) -> Path:
     """`path` (one of ctx.paths) in the workspace this process works in: a temp copy under `dvc exp run --temp`.
 
@@ -183,7 +132,14 @@ def workspace(ctx: Context, path: Path) -> Path:
     return (Path.cwd() if ctx.env.get("DVC_STAGE") else ctx.root) / path.relative_to(ctx.root)
 
 
-def mark_recorded(ctx: Context, stage: str) -> None:
-    """Under `dvc repro`, note that this stage's runs are in the store: its dep <recorded>/<stage> (see dvc.yaml)."""
-    if ctx.env.get("DVC_STAGE") == stage:
-        files.write_text(workspace(ctx, ctx.paths.recorded) / stage, RECORDED)
+def tidy(ctx: Context) -> None:
+    """What a process killed outright (SIGKILL, power loss) left, cleared by whatever command comes next.
+
+    Its temp files and folders beside the outputs, and, in a sqlite store, its runs left RUNNING (found with
+    sqlite3; opening the store marks them KILLED, as every command that opens a store does).
+    """
+    outputs = [workspace(ctx, getattr(ctx.paths, f.name)) for f in fields(Paths)]
+    for folder in {*(p.parent for p in outputs), *(p for p in outputs if p.is_dir())} - {workspace(ctx, ctx.root)}:
+        files.remove_leftovers(folder)
+    if store.dead_owners_recorded(ctx.uri):
+        store.client(ctx.uri)

@@ -12,8 +12,9 @@ import click
 from pipeline import files, interrupts, store
 from pipeline.child import InChild
 from pipeline.params import METRICS, BaselineParams
-from pipeline.stages import FAMILIES, Context, mark_recorded, splits, training_runs
+from pipeline.stages import FAMILIES, Context, splits
 from pipeline.stages.identity import run_tags
+from pipeline.stages.records import mark_recorded, training_runs
 
 
 @dataclass(frozen=True)

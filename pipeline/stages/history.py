@@ -7,7 +7,8 @@ from typing import Any
 import click
 
 from pipeline import store
-from pipeline.stages import Context, elsewhere
+from pipeline.stages import Context
+from pipeline.stages.records import elsewhere
 
 
 def execute(ctx: Context) -> None:

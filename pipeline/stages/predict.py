@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from pipeline import store
-from pipeline.stages import Context, elsewhere
+from pipeline.stages import Context
+from pipeline.stages.records import elsewhere
 
 
 def champion_uri(ctx: Context) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from pipeline import store
-from pipeline.stages import Context, elsewhere
+from pipeline.stages import Context
+from pipeline.stages.records import elsewhere
 
 
 def execute(ctx: Context, version: str, reason: str) -> None:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline import files, gate, store
-from pipeline.stages import Context, mark_recorded, splits, training_runs
+from pipeline.stages import Context, splits
+from pipeline.stages.records import mark_recorded, training_runs
 
 if TYPE_CHECKING:
     import numpy as np

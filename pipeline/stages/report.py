@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from pipeline import files, store
-from pipeline.stages import FAMILIES, Context, Paths, elsewhere
+from pipeline.stages import FAMILIES, Context, Paths
 from pipeline.stages.evaluate import comparison_table
+from pipeline.stages.records import elsewhere
 from pipeline.stages.register import registration_line, score_version, summary_of
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from pipeline import files, store
-from pipeline.stages import PENDING, RECORDING_STAGES, Context, workspace
+from pipeline.stages import Context, workspace
+from pipeline.stages.records import PENDING, RECORDING_STAGES
 
 
 def execute(ctx: Context, out: Path) -> None:

@@ -16,8 +16,9 @@ import numpy as np
 from pipeline import files, interrupts, store
 from pipeline.child import InChild
 from pipeline.params import TrainParams
-from pipeline.stages import FAMILIES, Context, mark_recorded, splits
+from pipeline.stages import FAMILIES, Context, splits
 from pipeline.stages.identity import run_tags
+from pipeline.stages.records import mark_recorded
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ serve: $(STAMP)
 
 # A team's tracking server in the foreground: PostgreSQL behind `mlflow server` on 127.0.0.1:$(SERVER_PORT),
 # proxied artifacts; all its state in .server/. Then: export MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT)
+# SERVER_WORKERS (default 1) sets its uvicorn workers.
 server: $(STAMP)
 	python -m pipeline server --folder .server --port $(SERVER_PORT)
 

@@ -250,13 +250,18 @@ def ui(ctx: Context, host: str, port: int) -> None:
 @click.option("--folder", default=".server", show_default=True, type=click.Path(), help="Where all its state lives.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int, envvar="SERVER_PORT", help="[env: SERVER_PORT]")
-def server(folder: str, host: str, port: int) -> None:
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=1), envvar="SERVER_WORKERS",
+    help="uvicorn processes serving requests (a busy team: one per core) [env: SERVER_WORKERS]",
+)  # fmt: skip
+@click.option("--jobs/--no-jobs", default=False, show_default=True, help="Run MLflow's job runner (GenAI jobs).")
+def server(folder: str, host: str, port: int, workers: int, jobs: bool) -> None:
     """A team's tracking server in the foreground: PostgreSQL behind `mlflow server`, proxied artifacts."""
     from pipeline.stages import server as stage
 
     try:
-        stage.execute(Path(folder), host, port)
+        stage.execute(Path(folder), host, port, workers, jobs)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    except Interrupted as stop:  # Ctrl-C or SIGTERM is how a foreground server ends: both were stopped
+    except Interrupted as stop:  # Ctrl-C, SIGTERM or a hangup is how a foreground server ends: both were stopped
         click.echo(f"{stop}: MLflow and PostgreSQL stopped")

@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM as one exception, raised between store calls and never inside one.
+"""SIGINT, SIGTERM and SIGHUP as one exception, raised between store calls and never inside one.
 
 A write to the sqlite store cut mid-transaction keeps the database locked against this very process,
 which then cannot mark its run KILLED (seen as a 20-40 s hang and a traceback after Ctrl-C). So a
@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
 _state: dict[str, int | None] = {"depth": 0, "pending": None}
 
 
 class Interrupted(BaseException):
-    """The process got SIGINT or SIGTERM (a BaseException, as KeyboardInterrupt: `except Exception` lets it by)."""
+    """The process got SIGINT, SIGTERM or SIGHUP (a BaseException: `except Exception` lets it by)."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -25,7 +25,7 @@ class Interrupted(BaseException):
 
 
 def install() -> None:
-    """Turn SIGINT and SIGTERM into Interrupted in this process (the main thread of a CLI command)."""
+    """Turn SIGINT, SIGTERM and SIGHUP into Interrupted in this process (the main thread of a CLI command)."""
     for signum in SIGNALS:
         signal.signal(signum, _handler)
 
@@ -39,7 +39,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while the block runs; raise Interrupted as it ends if one came."""
+    """Hold SIGINT, SIGTERM and SIGHUP while the block runs; raise Interrupted as it ends if one came."""
     _state["depth"] = (_state["depth"] or 0) + 1
     try:
         yield

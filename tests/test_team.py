@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -183,3 +184,93 @@ def test_concurrent_registrations_through_the_server(team_server, tmp_path):
     records = store.history(client, url, "Raced")
     assert sorted(r["alias"] for r in records if "alias" in r) == ["challenger", "champion"]  # once each
     assert not client.search_registered_models("name = 'Raced.lock'")  # released
+
+
+def process_tree(root: int) -> dict[int, int]:
+    """The processes descending from `root` (itself included), each with its RSS in KiB, read from /proc."""
+    parents, rss = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            status = (stat.parent / "status").read_text()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+        rss[int(stat.parent.name)] = int(next((x.split()[1] for x in status.splitlines() if x.startswith("VmRSS")), 0))
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        found[pid] = rss.get(pid, 0)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return found
+
+
+def start_server(folder: Path, via_shell: bool = False) -> tuple[subprocess.Popen, int, str]:
+    """`pipeline server` on a free port in its own process group (as a terminal runs `make server`), once ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline", "server", "--folder", str(folder), "--port", str(port)]
+    if via_shell:  # what `make server` is to it: a parent that may die first
+        command = ["sh", "-c", shlex.join(command) + "; true"]
+    log = folder.parent / "server.log"
+    proc = subprocess.Popen(
+        command, env=run_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 180
+    while "Ctrl-C stops both" not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.3)
+    return proc, port, log.read_text(errors="replace")
+
+
+def test_make_server_leaves_nothing_behind_and_starts_over_what_a_crash_left():
+    """Each way a foreground server ends stops PostgreSQL and MLflow within 15 s; a crash's leftovers never block."""
+    if shutil.which("pg_config") is None:
+        pytest.skip("PostgreSQL is not installed (no pg_config on PATH)")
+    home = Path(tempfile.mkdtemp(prefix="make-server-"))  # as root, PostgreSQL runs as `postgres`: it must enter
+    home.chmod(0o755)
+    folder = home / "state"
+    endings = {
+        "a closed terminal (SIGHUP to its group)": lambda proc: os.killpg(proc.pid, signal.SIGHUP),
+        "SIGTERM": lambda proc: proc.send_signal(signal.SIGTERM),
+        "Ctrl-C (SIGINT to its group)": lambda proc: os.killpg(proc.pid, signal.SIGINT),
+        "SIGKILL": lambda proc: proc.send_signal(signal.SIGKILL),
+        "SIGKILL of make": lambda proc: proc.send_signal(signal.SIGKILL),  # the shell above it
+    }
+    for how, end in endings.items():
+        proc, port, _ = start_server(folder, via_shell=how == "SIGKILL of make")
+        tree = process_tree(proc.pid)
+        if how.startswith("a closed"):  # the first start: its footprint at idle, on this 2-core machine
+            time.sleep(5)
+            rss = sum(process_tree(proc.pid).values()) / 1024
+            print(f"team server at idle: {len(tree)} processes, {rss:.0f} MiB RSS")
+            assert rss < 1024 and len(tree) <= 13
+        end(proc)
+        deadline = time.monotonic() + 15
+        while alive := [pid for pid in tree if Path(f"/proc/{pid}").exists() and pid != proc.pid]:
+            assert time.monotonic() < deadline, f"{how}: {alive} outlived the server"
+            time.sleep(0.2)
+        proc.wait(timeout=30)
+        assert not requests_answer(f"http://127.0.0.1:{port}/health")
+    # A crash's lock file (its process gone) and a PostgreSQL left running on the folder by a dead server.
+    (folder / "postgres" / "postmaster.pid").write_text("999999\n")
+    proc, _, log = start_server(folder)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+    orphan = [*as_postgres, f"{bindir}/pg_ctl", "start", "-w", "-D", str(folder / "postgres"), "-l", "/dev/null",
+              "-o", f"-k {folder / 'run'} -c listen_addresses="]  # fmt: skip
+    subprocess.run(orphan, check=True, capture_output=True)
+    (folder / "owner.json").write_text(json.dumps({"server": 999999, "postgres": 0, "mlflow": 0}))
+    proc, _, log = start_server(folder)
+    assert "creating a PostgreSQL cluster" not in log  # the same cluster, taken over
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def requests_answer(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import click
 
+from pipeline import files
+
 READY_TIMEOUT_S = 60  # PostgreSQL and MLflow (which migrates a new database first) each get this long to answer
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent exits
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ class Layout:
     def log(self) -> Path:
         """PostgreSQL's log."""
         return self.root / "postgres.log"
+
+    @property
+    def owner(self) -> Path:
+        """Which `pipeline server` runs on this folder, and the processes it started (to clean up after a crash)."""
+        return self.root / "owner.json"
 
     def database_uri(self) -> str:
         """The SQLAlchemy URI of the MLflow database, over the Unix socket."""
@@ -108,10 +116,91 @@ def _stop(proc: subprocess.Popen | None) -> None:
         pass
 
 
-def execute(folder: Path, host: str, port: int) -> None:
-    """Start PostgreSQL, then `mlflow server` on it with proxied artifacts; stop both on Ctrl-C or SIGTERM."""
+def _die_with_parent(signum: int) -> None:
+    """Have the kernel send `signum` to this process when its parent exits, however it exits (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def _child(signum: int, user: str | None = None) -> Callable[[], None]:
+    """What a server process runs before it starts: its own user (PostgreSQL's, as root), dying with us."""
+    parent = os.getpid()
+    ids = None
+    if user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        ids = entry.pw_uid, entry.pw_gid
+
+    def setup() -> None:
+        if ids is not None:  # before the death signal: a change of user clears it
+            os.setgroups([])
+            os.setgid(ids[1])
+            os.setuid(ids[0])
+        _die_with_parent(signum)
+        if os.getppid() != parent:  # we died before the kernel was told
+            os._exit(1)
+
+    return setup
+
+
+def _command_line(pid: int) -> str:
+    """A process's command line ('' if it is gone or not ours to read)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ours(pid: int, marker: str) -> bool:
+    """Whether `pid` is alive and its command line names `marker` (our folder): never a reused pid's process."""
+    return pid > 0 and files.process_alive(pid) and marker in _command_line(pid)
+
+
+def _take_over(layout: Layout, bindir: Path) -> None:
+    """Refuse while a live `pipeline server` owns the folder; else clear what a dead one left running or locked.
+
+    The processes a crashed server started (recorded in owner.json) are stopped if they are still ours; a
+    PostgreSQL lock file whose process is gone, or is not this folder's postgres, is removed.
+    """
+    owner = files.read_json(layout.owner) if layout.owner.exists() else {}
+    if _ours(int(owner.get("server", 0)), "pipeline"):
+        raise ValueError(
+            f"{layout.root}: `pipeline server` (pid {owner['server']}) already runs on this folder; stop it, or "
+            "choose another --folder"
+        )
+    for name in ("mlflow", "postgres"):
+        pid = int(owner.get(name, 0))
+        if _ours(pid, str(layout.root)):
+            click.echo(f"stopping the {name} server a stopped `pipeline server` left running (pid {pid})")
+            os.kill(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)  # PostgreSQL: fast shutdown
+            deadline = time.monotonic() + 15
+            while files.process_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if files.process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    lock = layout.database / "postmaster.pid"
+    if lock.exists():
+        first = lock.read_text(errors="replace").split("\n", 1)[0].strip()
+        if first.isdigit() and _ours(int(first), str(layout.database)):
+            stop = [*_as_postgres(), bindir / "pg_ctl", "stop", "-D", layout.database, "-m", "fast", "-w"]
+            _run(stop, "stopping the PostgreSQL server left running on this folder")
+        else:
+            lock.unlink(missing_ok=True)  # a crash's lock file: its process is gone (or the pid is another's)
+
+
+def execute(folder: Path, host: str, port: int, workers: int, jobs: bool) -> None:
+    """Start PostgreSQL, then `mlflow server` on it with proxied artifacts; stop both on Ctrl-C, kill or hangup.
+
+    Both die with this process, however it ends (SIGKILL included: the kernel signals them), and it dies with
+    whatever started it (`make`, a closed terminal). `workers` uvicorn processes serve requests; MLflow's job
+    runner (huey consumers, for GenAI jobs) only with `jobs`.
+    """
     import requests
 
+    _die_with_parent(signal.SIGTERM)
     bindir = pg_bindir()
     layout = Layout(folder.resolve())
     url = f"http://{host}:{port}"
@@ -122,11 +211,10 @@ def execute(folder: Path, host: str, port: int) -> None:
         except requests.RequestException:
             return False
 
+    if layout.root.exists():
+        _take_over(layout, bindir)
     if answers():
         raise ValueError(f"something already answers on {url}: stop it, or choose another SERVER_PORT")
-    status = [*_as_postgres(), bindir / "pg_ctl", "status", "-D", layout.database]
-    if layout.database.exists() and subprocess.run(status, capture_output=True).returncode == 0:
-        raise ValueError(f"{layout.database}: a PostgreSQL server already runs on it (another `make server`?)")
     _own(layout)
     postgres = server = None
     try:
@@ -137,10 +225,12 @@ def execute(folder: Path, host: str, port: int) -> None:
         if os.geteuid() == 0:
             shutil.chown(layout.log, "postgres", "postgres")
         postgres = subprocess.Popen(
-            [*_as_postgres(), bindir / "postgres", "-D", layout.database, "-k", layout.sockets,
+            [bindir / "postgres", "-D", layout.database, "-k", layout.sockets,
              "-c", "listen_addresses=", "-c", "unix_socket_permissions=0770"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_child(signal.SIGINT, "postgres" if os.geteuid() == 0 else None),  # SIGINT: fast shutdown
         )  # fmt: skip
+        files.write_json(layout.owner, {"server": os.getpid(), "postgres": postgres.pid})
         ready = [bindir / "pg_isready", "-q", "-h", layout.sockets, "-U", "mlflow"]
         _wait(lambda: subprocess.run(ready).returncode == 0, postgres, "PostgreSQL", layout.log)
         exists = subprocess.run(
@@ -152,9 +242,12 @@ def execute(folder: Path, host: str, port: int) -> None:
             _run([bindir / "createdb", "-h", layout.sockets, "-U", "mlflow", "mlflow"], "createdb")
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", layout.database_uri(),
-             "--artifacts-destination", str(layout.artifacts), "--host", host, "--port", str(port)],
-            start_new_session=True,
+             "--artifacts-destination", str(layout.artifacts), "--host", host, "--port", str(port),
+             "--workers", str(workers)],
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(jobs).lower()},
+            start_new_session=True, preexec_fn=_child(signal.SIGTERM),  # MLflow forwards it to uvicorn
         )  # fmt: skip
+        files.write_json(layout.owner, {"server": os.getpid(), "postgres": postgres.pid, "mlflow": server.pid})
         _wait(answers, server, f"mlflow server on {url}")
         click.echo(
             f"MLflow tracking server on {url}: PostgreSQL in {layout.database}, artifacts in {layout.artifacts}.\n"
@@ -169,3 +262,4 @@ def execute(folder: Path, host: str, port: int) -> None:
             stop = [*_as_postgres(), bindir / "pg_ctl", "stop", "-D", layout.database, "-m", "fast", "-w"]
             subprocess.run([str(a) for a in stop], capture_output=True)
             _stop(postgres)
+        layout.owner.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import closing, contextmanager, suppress
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,14 @@ if TYPE_CHECKING:  # mlflow costs ~1.4 s to import: only the functions that talk
 LOCK_SUFFIX = ".lock"  # the registry lock on a tracking server: a registered model named <model>.lock
 LOCK_WAIT_S, LOCK_STALE_S = 600, 900  # how long to wait for it; when a holder is presumed dead
 REACH_TIMEOUT_S = 5  # how long a tracking server may take to answer the first request
+# MLflow retries a server that does not answer 7 times over about 4 minutes, each try waiting up to 120 s: a
+# dead server hung a pipeline for good. Bounded here (unless set), a call gives up within about 35 s.
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+HURRIED = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAM_VALUE = 6000  # MLflow's param value limit
 FAMILY_TAG = "pipeline.family"  # "model" (BinaryClassifier), "baseline" (scikit-learn) or "execution" (parent)
@@ -111,20 +119,76 @@ def client(uri: str) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
+    sqlite = uri.startswith("sqlite:///")
     _check_reachable(uri)
+    for name, value in HTTP_BOUNDS.items():  # MLflow's own settings, unless the user set them
+        os.environ.setdefault(name, value)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
-        with _sqlite_lock(uri, "open"), deferred():
+        with _sqlite_lock(uri, "open"), deferred() if sqlite else nullcontext():
             opened = MlflowClient(tracking_uri=uri, registry_uri=uri)
             opened.search_experiments(max_results=1)  # the store exists and is migrated before anyone else opens it
-            if uri.startswith("sqlite:///"):
+            if sqlite:
                 _relocate(Path(uri.removeprefix("sqlite:///")).resolve())
             reap_dead_runs(opened)  # runs a SIGKILLed process left RUNNING: whatever command comes next
     except Exception as exc:  # a bad URI or location fails in many libraries' ways: one message naming it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot open the MLflow store {uri} (MLFLOW_TRACKING_URI): {first}") from exc
-    return _Deferring(opened)
+    # A sqlite write cut by a signal locks the store against this very process; a request to a server is
+    # safe to cut, and a server that stopped answering must not hold Ctrl-C for its retries.
+    return _Deferring(opened) if sqlite else opened
+
+
+def _holding(mlflow_client: MlflowClient) -> AbstractContextManager[None]:
+    """Hold SIGINT/SIGTERM while a block of calls to a sqlite store runs (see client())."""
+    return deferred() if isinstance(mlflow_client, _Deferring) else nullcontext()
+
+
+@contextmanager
+def hurried() -> Iterator[None]:
+    """Calls to a server that give up at once: one try, a short timeout (marking runs on the way out)."""
+    saved = {name: os.environ.get(name) for name in HURRIED}
+    os.environ.update(HURRIED)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an error says the tracking server did not answer (refused, timed out, gone) after MLflow's retries."""
+    import requests
+
+    if isinstance(exc, requests.ConnectionError | requests.Timeout):
+        return True
+    text = str(exc)
+    return type(exc).__name__ == "MlflowException" and any(
+        sign in text for sign in ("Max retries exceeded", "Connection refused", "Read timed out", "ConnectionError")
+    )
+
+
+def _terminate(mlflow_client: MlflowClient, run_id: str, status: str) -> None:
+    """Mark a run on the way out of a failure; a server that does not answer at once leaves it for later.
+
+    The next command that opens the store marks a run whose process is gone KILLED (reap_dead_runs).
+    """
+    if isinstance(mlflow_client, _Deferring):
+        mlflow_client.set_terminated(run_id, status)
+        return
+    if _GONE:  # one call found the server gone: the others would wait for nothing
+        return
+    try:
+        with hurried():
+            mlflow_client.set_terminated(run_id, status)
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        _GONE.append(run_id)
 
 
 # Where a sqlite store records artifact locations (absolute paths or file:// URIs), and the folders MLflow
@@ -265,6 +329,7 @@ class RunRef:
 
 
 _OPEN: dict[str, tuple[Any, RunRef]] = {}  # runs this process created and has not terminated yet
+_GONE: list[str] = []  # runs left RUNNING because the server stopped answering while they were marked
 
 
 def _opened(mlflow_client: MlflowClient, run: RunRef) -> RunRef:
@@ -277,7 +342,7 @@ def terminate_open(status: str) -> None:
     with deferred():
         while _OPEN:
             _, (mlflow_client, run) = _OPEN.popitem()
-            mlflow_client.set_terminated(run.run_id, status)
+            _terminate(mlflow_client, run.run_id, status)
 
 
 def owner_tags() -> dict[str, str]:
@@ -345,7 +410,7 @@ def open_parent(
             )
         return RunRef(run_id, run.info.experiment_id, owned=False), name, warning
     exp_id = experiment_id(mlflow_client, experiment, uri)
-    with deferred():  # created and recorded as open in one step
+    with _holding(mlflow_client):  # created and recorded as open in one step
         run = mlflow_client.create_run(exp_id, run_name=label, tags={**tags, **owner_tags()})
         ref = _opened(mlflow_client, RunRef(run.info.run_id, exp_id))
     return ref, _unique_name(mlflow_client, ref, label, tags[LABEL_TAG]), None
@@ -376,7 +441,7 @@ def _unique_name(mlflow_client: MlflowClient, run: RunRef, label: str, label_key
 def create_child(mlflow_client: MlflowClient, parent: RunRef, name: str, tags: Mapping[str, str]) -> RunRef:
     """A run nested under the parent in the UI."""
     tags = {**tags, **owner_tags(), PARENT_TAG: parent.run_id}
-    with deferred():
+    with _holding(mlflow_client):
         run = mlflow_client.create_run(parent.experiment_id, run_name=name, tags=tags)
         return _opened(mlflow_client, RunRef(run.info.run_id, parent.experiment_id))
 
@@ -445,7 +510,7 @@ def running(mlflow_client: MlflowClient, *runs: RunRef) -> Iterator[None]:
     Runs we do not own (`mlflow run`'s) only get FAILED/KILLED: their FINISHED is MLflow's to set.
     A run a previous stage finished is RUNNING again while this one works on it, owned by this process.
     """
-    with deferred():  # every run taken over, or none (a signal raises only after the block)
+    with _holding(mlflow_client):  # every run taken over, or none (a signal raises only after the block)
         for run in runs:
             _OPEN[run.run_id] = (mlflow_client, run)
             if run.owned:
@@ -458,9 +523,9 @@ def running(mlflow_client: MlflowClient, *runs: RunRef) -> Iterator[None]:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt | Interrupted) else "FAILED"
             for run in runs:
                 _OPEN.pop(run.run_id, None)
-                mlflow_client.set_terminated(run.run_id, status)
+                _terminate(mlflow_client, run.run_id, status)
         raise
-    with deferred():
+    with _holding(mlflow_client):
         for run in runs:
             _OPEN.pop(run.run_id, None)
             if run.owned:
@@ -617,7 +682,7 @@ def log_model(
     import mlflow
     from mlflow.entities import LoggedModelOutput
 
-    with deferred():
+    with _holding(mlflow_client):
         logged = mlflow.initialize_logged_model(
             name="model",
             source_run_id=run.run_id,
@@ -634,7 +699,7 @@ def register(mlflow_client: MlflowClient, name: str, model_id: str, tags: Mappin
     """A new version of `name` from a logged model; a registered model made here says what it holds."""
     import mlflow
 
-    with deferred():
+    with _holding(mlflow_client):
         version = mlflow.register_model(f"models:/{model_id}", name, tags=dict(tags))
     if not mlflow_client.get_registered_model(name).description:
         mlflow_client.update_registered_model(name, REGISTERED_DESCRIPTION.format(name=name))

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 from mlflow import MlflowClient
 
 from tests.conftest import run_env, sh
 from tests.test_e2e import assert_up_to_date, dvc
+from tests.test_serving import free_port
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ("data/prepared/X_train.npy", "models/model.pt", "models/mlflow_run.json", "metrics/evaluate.json")
@@ -146,3 +148,62 @@ def test_ctrl_c_on_dvc_repro_then_repro_recovers(project, tmp_path):
     params.write_text(original)
     dvc(project, "repro")
     assert_up_to_date(project)
+
+
+def start_tracking_server(store: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on a sqlite store, in its own process group (so that it can be killed whole)."""
+    args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    env = run_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while not _answers(f"http://127.0.0.1:{port}/health"):
+        assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.3)
+    return proc
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def test_a_tracking_server_that_dies_mid_run_ends_it_with_one_message(project, tmp_path):
+    """Training goes on while the server is killed: the run ends within 60 s saying so; Ctrl-C is not held."""
+    port = free_port()
+    url, store = f"http://127.0.0.1:{port}", tmp_path / "server.db"
+    env = run_env(MLFLOW_TRACKING_URI=url)
+    log = tmp_path / "run.log"
+    long_run = [sys.executable, "-m", "pipeline", "run", "--set", "train.epochs=100000000", "--set",
+                "train.log_every=2000"]  # fmt: skip
+    for ending in ("server death", "SIGTERM while it retries"):
+        server = start_tracking_server(store, port)
+        with log.open("w") as out:
+            proc = subprocess.Popen(long_run, cwd=project, env=env, stdout=out, stderr=out)
+        wait_for(lambda: "Epoch 2000/" in log.read_text(), proc, "training with the server up")
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        died = time.monotonic()
+        if ending == "server death":
+            code = proc.wait(timeout=60)
+            took = time.monotonic() - died
+            message = log.read_text()
+            print(f"a dead tracking server ended the run in {took:.1f} s")
+            assert code == 1 and "Traceback" not in message, message
+            assert f"the MLflow tracking server {url} stopped answering" in message and "make server" in message
+        else:
+            time.sleep(1.5)  # a log line's call is retrying by now
+            took, code = signalled(proc, signal.SIGTERM)
+            assert code == 128 + signal.SIGTERM and took < 2.0, (took, log.read_text())
+        assert not (project / "models" / "model.pt").exists() and not leftovers(project)
+    # Back up: the next command of any kind marks the runs the dead process left RUNNING.
+    server = start_tracking_server(store, port)
+    try:
+        sh([sys.executable, "-m", "pipeline", "history"], project, env, ok=False)
+        client = MlflowClient(url)
+        found = statuses(client)
+        assert "RUNNING" not in found and found.count("KILLED") == 4, found
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)

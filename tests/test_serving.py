@@ -56,14 +56,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(registered: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory):
-    """`mlflow models serve` on the champion, from a directory outside the repo, pickle loading off."""
+    """`mlflow models serve` on the champion, from a directory outside the repo."""
     _, uri = registered
     cwd = tmp_path_factory.mktemp("server")
     port = free_port()
     log = (cwd / "server.log").open("w")
     env = run_env(
         MLFLOW_TRACKING_URI=uri,
-        MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false",
         SERVING_MODEL_CONFIG=json.dumps({"max_request_bytes": MAX_BODY}),
     )
     env.pop("PYTHONPATH", None)
@@ -415,7 +414,20 @@ def test_logged_example_validates_for_serving(registered):
 
 
 def test_fresh_process_loads_from_the_registry_alone_without_pickle(registered, tmp_path):
+    """The registered model holds no pickled object, and a process whose pickle refuses to load still serves it."""
+    import mlflow
+    import yaml
+
+    mlflow.set_tracking_uri(registered[1])
+    mlflow.set_registry_uri(registered[1])
+    saved = Path(mlflow.artifacts.download_artifacts(CHAMPION, dst_path=str(tmp_path / "model")))
+    pyfunc = yaml.safe_load((saved / "MLmodel").read_text())["flavors"]["python_function"]
+    assert pyfunc["loader_module"] == "pipeline.serving" and "python_model" not in pyfunc
+    assert not [p for p in saved.rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]
     code = (
+        "import pickle\n"  # before anything imports it: every way to unpickle refuses
+        "def refuse(*args, **kwargs):\n    raise RuntimeError('pickle refused')\n"
+        "pickle.load = pickle.loads = pickle.Unpickler = refuse\n"
         "import mlflow, pandas as pd, numpy as np, json\n"
         f"m = mlflow.pyfunc.load_model({CHAMPION!r})\n"
         "import pipeline\n"
@@ -423,7 +435,7 @@ def test_fresh_process_loads_from_the_registry_alone_without_pickle(registered, 
         "['probability'].tolist() for t in ('float32', 'float64')}\n"
         "print(json.dumps({'module': pipeline.__file__, **out}))\n"
     )
-    env = run_env(MLFLOW_TRACKING_URI=registered[1], MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
+    env = run_env(MLFLOW_TRACKING_URI=registered[1])
     out = json.loads(sh([sys.executable, "-c", code], tmp_path, env).stdout.strip().splitlines()[-1])
     assert not Path(out["module"]).is_relative_to(REPO)  # the code/ copy inside the model, not the repo
     expected = pipeline_proba(registered[0], [[1, 2], [6, 2]])

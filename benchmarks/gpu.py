@@ -116,7 +116,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline.training import resolve_device
+    from pipeline.devices import resolve_device
 
     resolve_device(opts.device)  # absent: stop now, with the pipeline's own message
     sys.stdout.reconfigure(line_buffering=True)  # each line as it comes: a long run shows how far it got

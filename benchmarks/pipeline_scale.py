@@ -171,7 +171,7 @@ def prepare_against_pyarrow(source: Path, root: Path, repeats: int) -> dict:
     read = "pq.read_table" if source.suffix == ".parquet" else "pacsv.read_csv"
     code = f"import pyarrow.csv as pacsv, pyarrow.parquet as pq; {read}({str(source)!r})"
     env, watch, out = clean_env(), Watch(), root / "prepared_again"
-    prepare = ["prepare", "--out", str(out), "--set", f"prepare.source={source}"]
+    prepare = ["prepare", "--prepared", str(out), "--set", f"prepare.source={source}"]
     commands = {"pyarrow": [sys.executable, "-c", code], "prepare": [sys.executable, "-m", "pipeline", *prepare]}
     runs: dict[str, list[float]] = {side: [] for side in commands}
     for i in range(repeats):

@@ -54,7 +54,7 @@ def pass_and_memcpy_seconds(X: np.ndarray, y: np.ndarray, rounds: int = 7) -> tu
     """
     import torch
 
-    from pipeline.training import fused_pass
+    from pipeline.fused import fused_pass
 
     data, labels = torch.from_numpy(X), torch.from_numpy(y)
     weight, bias = torch.full((X.shape[1],), 0.01), torch.zeros(())
@@ -76,7 +76,8 @@ def ours_once(X: np.ndarray, y: np.ndarray, params, target: float) -> dict:
     """Train with lbfgs; when each evaluation's log-loss is known, note the time; find the first <= target."""
     import torch
 
-    from pipeline.training import resolve_device, train, warm_up
+    from pipeline.devices import resolve_device
+    from pipeline.training import train, warm_up
 
     device = resolve_device(params.device)
     warm_up(params)  # as the train stage does, overlapping MLflow's start-up
@@ -116,7 +117,7 @@ def ours_once(X: np.ndarray, y: np.ndarray, params, target: float) -> dict:
 def stage_peak_rss(prepared: Path, tmp: Path, overrides: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (bytes, parent + child summed) of `python -m pipeline train`."""
     env = {**clean_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-    args = [sys.executable, "-m", "pipeline", "train", "--data", str(prepared), "--model", str(tmp / "model.pt")]
+    args = [sys.executable, "-m", "pipeline", "train", "--prepared", str(prepared), "--model", str(tmp / "model.pt")]
     args += ["--history", str(tmp / "history.csv"), "--run-info", str(tmp / "run.json")]
     args += [a for o in overrides for a in ("--set", o)]
     watch = Watch()
@@ -134,8 +135,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="each fit's best time of this many, on both sides")
     opts = parser.parse_args()
 
-    from pipeline.data import load_prepared, prepare_dir
+    from pipeline.dataset import load_prepared
     from pipeline.params import load_params
+    from pipeline.preparation import prepare_dir
     from pipeline.sources import open_source
 
     base = load_params(REPO / "params.yaml")

@@ -23,11 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from pipeline import data, store
+from pipeline import dataset, preparation
 from pipeline.child import InChild
+from pipeline.devices import Rank
+from pipeline.fitting import fit
 from pipeline.params import load_params
 from pipeline.sources import open_source
-from pipeline.stages.train import Rank, fit, log_chunk
+from pipeline.stages.train import log_chunk
+from pipeline.store import connection, runs
 from pipeline.training import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,12 +87,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared"
         source = open_source(str(REPO / "data/raw/tutorial.csv"), "y", None, 0, 0, 1, None)
-        data.prepare_dir(prepared, source, 0.0, seed=1, standardize=False, missing="error")
-        table = data.load_prepared(prepared)
+        preparation.prepare_dir(prepared, source, 0.0, seed=1, standardize=False, missing="error")
+        table = dataset.load_prepared(prepared)
         x_train, y_train = torch.from_numpy(table.X_train), torch.from_numpy(table.y_train).reshape(-1, 1)
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        client = store.client(uri)
-        exp_id = store.experiment_id(client, "benchmark", uri)
+        client = connection.connect(uri)
+        exp_id = runs.experiment_id(client, "benchmark", uri)
 
         def bare() -> None:
             bare_loop(x_train, y_train, params.train.epochs)
@@ -97,7 +100,7 @@ def main() -> None:
         def sequential() -> None:
             run_id = client.create_run(exp_id).info.run_id
             result = train(table.X_train, table.y_train, params.train, torch.device("cpu"), lambda _: None)
-            store.log_history(client, run_id, {"cost": result.cost, "accuracy": result.accuracy})
+            runs.log_history(client, run_id, {"cost": result.cost, "accuracy": result.accuracy})
 
         def stage() -> float:
             run_id = client.create_run(exp_id).info.run_id

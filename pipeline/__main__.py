@@ -20,7 +20,7 @@ if __name__ == "__main__":
     except interrupts.Interrupted as stop:  # runs were marked KILLED and temp files removed on the way out
         print(f"Error: {stop}; nothing half-written was kept", file=sys.stderr)
         code = 128 + stop.signum
-    # Tearing down torch, MLflow and SQLAlchemy took 0.9-1.3 s per stage here, a quarter of `dvc repro`.
+    # Tearing down torch, MLflow and SQLAlchemy took a good part of each stage's time in `dvc repro`.
     # Every output is written and fsynced (pipeline.files) and every MLflow call committed before this.
     logging.shutdown()
     sys.stdout.flush()

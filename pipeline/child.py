@@ -15,8 +15,8 @@ class InChild:
 
     Use it as a context manager: leaving the block kills the child if it is still running.
 
-    Each stage is dominated by imports (torch, sklearn and mlflow about 1.1 s each, opening the
-    sqlite store 0.6 s); on two cores this takes about 1.1 s off each of train and evaluate.
+    A small stage is dominated by imports (torch, sklearn, mlflow) and opening the store; on two cores
+    overlapping them takes about one import's time off each of train and evaluate.
     With stream=True, fn gets a first argument `emit`: what it emits reaches result()'s on_item
     while fn goes on, so training metrics are persisted on the other core as they come.
     """
@@ -76,4 +76,4 @@ def _child_main(conn: Any, fn: Callable[..., Any], args: tuple, stream: bool) ->
     except Exception as exc:  # an unpicklable result or exception: say so rather than hang
         conn.send(("error", RuntimeError(f"{fn.__name__}: cannot send the outcome back: {exc!r}")))
     conn.close()
-    os._exit(0)  # skip interpreter teardown: about 0.7 s with torch and sklearn loaded
+    os._exit(0)  # skip interpreter teardown: slow with torch and sklearn loaded

@@ -1,4 +1,4 @@
-"""The click CLI: parses options and calls one stage module (pipeline/stages/<command>.py)."""
+"""The click CLI: parses options and calls one stage module (pipeline/stages/<command>.py; `run`: pipeline/flow.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from pipeline import store
 from pipeline.interrupts import Interrupted
-from pipeline.stages import Context, tidy
+from pipeline.store import connection, location
+from pipeline.workspace import Context, tidy
 
 
 def _is_user_error(exc: Exception) -> bool:
@@ -51,11 +51,11 @@ def command(func: Callable[..., None]) -> Callable[..., None]:
             tidy(ctx)
             func(ctx, **kwargs)
         except BaseException as exc:
-            # Runs opened but not yet under store.running (a failure or signal right after creating them).
-            store.terminate_open("KILLED" if isinstance(exc, KeyboardInterrupt | Interrupted) else "FAILED")
-            if isinstance(exc, Exception) and store.unreachable(exc):
+            # Runs opened but not yet under connection.running (a failure or signal right after creating them).
+            connection.terminate_open("KILLED" if isinstance(exc, KeyboardInterrupt | Interrupted) else "FAILED")
+            if isinstance(exc, Exception) and connection.unreachable(exc):
                 raise click.ClickException(
-                    f"the MLflow tracking server {store.tracking_uri(Path.cwd(), os.environ)} stopped answering "
+                    f"the MLflow tracking server {location.tracking_uri(Path.cwd(), os.environ)} stopped answering "
                     f"({_first_line(exc)}); what was written before is intact and nothing half-written was kept: "
                     "start it again (`make server`) and re-run; the runs left RUNNING are marked KILLED then"
                 ) from exc
@@ -66,8 +66,9 @@ def command(func: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def path_option(name: str, key: str) -> Callable:
-    """A path option whose default is dvc.yaml's vars paths.<key> (dvc.yaml passes the same value)."""
+def path_option(key: str) -> Callable:
+    """--<key> (run_info: --run-info), a path whose default is dvc.yaml's vars paths.<key> (dvc.yaml passes it)."""
+    name = key.replace("_", "-")
     return click.option(f"--{name}", key, default=None, type=click.Path(), help=f"default: dvc.yaml paths.{key}")
 
 
@@ -82,7 +83,7 @@ def main() -> None:
 
 @main.command()
 @command
-@path_option("out", "tracking")
+@path_option("tracking")
 def tracking(ctx: Context, tracking: str | None) -> None:
     """Record which MLflow store this workspace's runs go to (MLFLOW_TRACKING_URI, or the repository's own)."""
     from pipeline.stages import tracking as stage
@@ -92,7 +93,7 @@ def tracking(ctx: Context, tracking: str | None) -> None:
 
 @main.command()
 @command
-@path_option("out", "prepared")
+@path_option("prepared")
 def prepare(ctx: Context, prepared: str | None) -> None:
     """Read prepare.source, validate, split and write the prepared arrays."""
     from pipeline.stages import prepare as stage
@@ -102,10 +103,10 @@ def prepare(ctx: Context, prepared: str | None) -> None:
 
 @main.command()
 @command
-@path_option("data", "prepared")
-@path_option("model", "model")
-@path_option("history", "history")
-@path_option("run-info", "run_info")
+@path_option("prepared")
+@path_option("model")
+@path_option("history")
+@path_option("run_info")
 def train(ctx: Context, prepared: str | None, model: str | None, history: str | None, run_info: str | None) -> None:
     """Train BinaryClassifier, logging params and per-epoch cost/accuracy to MLflow."""
     from pipeline.stages import train as stage
@@ -121,11 +122,11 @@ def train(ctx: Context, prepared: str | None, model: str | None, history: str | 
 
 @main.command()
 @command
-@path_option("data", "prepared")
-@path_option("model", "model")
-@path_option("run-info", "run_info")
-@path_option("metrics", "metrics")
-@path_option("plots", "plots")
+@path_option("prepared")
+@path_option("model")
+@path_option("run_info")
+@path_option("metrics")
+@path_option("plots")
 def evaluate(
     ctx: Context, prepared: str | None, model: str | None, run_info: str | None, metrics: str | None, plots: str | None
 ) -> None:
@@ -144,11 +145,11 @@ def evaluate(
 
 @main.command()
 @command
-@path_option("data", "prepared")
-@path_option("model", "model")
-@path_option("run-info", "run_info")
-@path_option("metrics", "metrics")
-@path_option("out", "registered")
+@path_option("prepared")
+@path_option("model")
+@path_option("run_info")
+@path_option("metrics")
+@path_option("registered")
 def register(
     ctx: Context,
     prepared: str | None,
@@ -175,9 +176,9 @@ def register(
 @click.option("--out-dir", default=None, type=click.Path(), help="Write every output under this folder instead.")
 def run(ctx: Context, out_dir: str | None) -> None:
     """Every stage in order in this process (what `mlflow run .` calls)."""
-    from pipeline.stages import run as stage
+    from pipeline import flow
 
-    stage.execute(ctx, ctx.paths if out_dir is None else ctx.paths.under(Path(out_dir)))
+    flow.run(ctx, ctx.paths if out_dir is None else ctx.paths.under(Path(out_dir)))
 
 
 @main.command()
@@ -220,10 +221,10 @@ def predict(
     ctx: Context, model_uri: str | None, input_path: str, output_path: str, keep: tuple[str, ...], batch_rows: int
 ) -> None:
     """Score a file in chunks: probability and label per row."""
+    from pipeline.records import champion_uri
     from pipeline.stages import predict as stage
 
-    uri = model_uri or stage.champion_uri(ctx)
-    stage.execute(ctx, uri, Path(input_path), Path(output_path), keep, batch_rows)
+    stage.execute(ctx, model_uri or champion_uri(ctx), Path(input_path), Path(output_path), keep, batch_rows)
 
 
 @main.command()
@@ -244,10 +245,10 @@ def serve(
     max_request_mb: float | None,
 ) -> None:
     """Say which model, its input columns and a request to try; then `mlflow models serve` it."""
-    from pipeline.stages import predict
+    from pipeline.records import champion_uri
     from pipeline.stages import serve as stage
 
-    stage.execute(ctx, model_uri or predict.champion_uri(ctx), host, port, workers, device, max_request_mb)
+    stage.execute(ctx, model_uri or champion_uri(ctx), host, port, workers, device, max_request_mb)
 
 
 @main.command()
@@ -278,5 +279,3 @@ def server(folder: str, host: str, port: int, workers: int, jobs: bool) -> None:
         stage.execute(Path(folder), host, port, workers, jobs)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    except Interrupted as stop:  # Ctrl-C, SIGTERM or a hangup is how a foreground server ends: both were stopped
-        click.echo(f"{stop}: MLflow and PostgreSQL stopped")

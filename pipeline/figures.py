@@ -1,9 +1,8 @@
 """Evaluation figures, pure: DVC plot tables and PNG figures from the models' fixed-size curves.
 
 The PNGs are drawn with matplotlib's object API (Figure + Agg canvas), not pyplot or scikit-learn's
-Display classes, which need pyplot: importing pyplot took 2.3 s here against 0.3 s for the object
-API, on a stage whose whole budget is a few seconds. The curves themselves are scikit-learn's
-(pipeline.metrics.curves).
+Display classes, which need pyplot: importing pyplot costs several times the object API, on a stage
+whose whole budget is a few seconds. The curves themselves are scikit-learn's (pipeline.metrics.evaluation).
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ def from_tables(data: dict[str, list[dict[str, Any]]]) -> dict[str, Curves]:
 
 
 def warm_up() -> None:
-    """Import matplotlib's object API now (~0.3 s), e.g. while another process computes what to draw."""
+    """Import matplotlib's object API now, e.g. while another process computes what to draw."""
     _figure()
 
 

@@ -1,7 +1,7 @@
 """SIGINT, SIGTERM and SIGHUP as one exception, raised between store calls and never inside one.
 
 A write to the sqlite store cut mid-transaction keeps the database locked against this very process,
-which then cannot mark its run KILLED (seen as a 20-40 s hang and a traceback after Ctrl-C). So a
+which then cannot mark its run KILLED (seen as a long hang and a traceback after Ctrl-C). So a
 signal that arrives inside `deferred()` is held until the block ends; anywhere else it raises at once.
 """
 

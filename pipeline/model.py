@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from pipeline.data import Prepared
+    from pipeline.dataset import Prepared
 
 
 class BinaryClassifier(nn.Module):
@@ -144,8 +144,8 @@ def row_logits(model: BinaryClassifier, config: ModelConfig, X: np.ndarray) -> n
 def column_logits(model: BinaryClassifier, config: ModelConfig, columns: list[np.ndarray]) -> np.ndarray:
     """row_logits of rows given feature by feature (one float32 array per feature): the same bits.
 
-    For a columnar file, where making row-major rows first (only to read them back feature-major) cost three
-    times the scoring: 1M x 100 Parquet in 0.11 s instead of 0.42.
+    For a columnar file, where making row-major rows first (only to read them back feature-major) cost several
+    times the scoring itself (benchmarks/serving.py measures batch scoring).
     """
     weight, bias = _raw_weights(model, config)
     device = model.linear.weight.device

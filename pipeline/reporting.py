@@ -1,4 +1,4 @@
-"""The comparison report, pure: champion, challenger and baseline as self-contained HTML and as Markdown."""
+"""What a person reads, pure: the comparison table, the registry's outcome, the report as HTML and Markdown."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.lineage import FAMILIES
 from pipeline.params import METRICS
 
 FIGURE_TITLES = {
@@ -154,3 +155,22 @@ def to_markdown(report: Report) -> str:
     for key in report.figures:
         lines.append(f"![{FIGURE_TITLES[key.removesuffix('.png')]}](figures/{key})")
     return "\n".join(lines) + "\n"
+
+
+def comparison_table(results: dict[str, dict[str, float]]) -> str:
+    """BinaryClassifier against the baseline, one metric per line."""
+    lines = [f"{'metric':<10} {FAMILIES['model']:>18} {FAMILIES['baseline']:>20}"]
+    for key in METRICS:
+        lines.append(f"{key:<10} {results['model'][key]:>18.6f} {results['baseline'][key]:>20.6f}")
+    return "\n".join(lines)
+
+
+def registration_line(summary: dict[str, Any]) -> str:
+    """One sentence on what the registry now holds about a version (a summary as models/registered.json holds it)."""
+    aliases = ", ".join(f"@{a}" for a in summary["aliases"]) or "no aliases"
+    new = summary["new_version"]  # None: not about an execution (the report)
+    state = "" if new is None else "new version; " if new else "unchanged model, existing version; "
+    return (
+        f"{summary['name']} v{summary['version']} ({state}{aliases}): "
+        f"{'champion' if summary['decision']['promote'] else 'not champion'}: {summary['decision']['reason']}"
+    )

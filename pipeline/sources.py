@@ -129,7 +129,7 @@ def _labels(labels: Any, positive: str | None) -> np.ndarray:
         text = pc.utf8_trim_whitespace(pc.cast(labels, pa.string()))
         missing = pc.or_kleene(pc.is_null(text), pc.equal(text, ""))  # Kleene: a null cell is missing, not null
         labels = pc.if_else(missing, pa.scalar(None, pa.bool_()), pc.equal(text, positive))
-    # A one-column tensor, not Array.to_numpy, which imports pandas (0.2-0.3 s of every prepare)
+    # A one-column tensor, not Array.to_numpy, which imports pandas (slow, and prepare needs none of it)
     column = pa.RecordBatch.from_arrays([pc.cast(labels, pa.float32())], names=["y"])
     return np.asarray(column.to_tensor(null_to_nan=True)).reshape(-1)
 
@@ -197,7 +197,7 @@ def synthetic(n_samples: int, n_features: int, seed: int, label: str) -> Source:
 
 def builtin(name: str, label: str) -> Source:
     """A dataset bundled with scikit-learn (no download), as one chunk."""
-    from sklearn.datasets import load_breast_cancer  # imported here: costs ~1 s
+    from sklearn.datasets import load_breast_cancer  # imported here: slow to import, seldom used
 
     bunch = load_breast_cancer()
     X, y = bunch.data.astype(np.float32), bunch.target.astype(np.float32)

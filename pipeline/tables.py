@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-if TYPE_CHECKING:  # pandas costs ~0.4 s to import: prepare never needs it
+if TYPE_CHECKING:  # pandas is slow to import: prepare never needs it
     import pandas as pd
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
@@ -112,9 +112,8 @@ def read_blocks(
 
         first = 1
         # pre_buffer (the default) keeps every row group read so far in memory: off, to stay bounded. Without a
-        # buffer_size each column's whole chunk of the row group is read at once: 400 MiB a row group for a file
-        # pandas wrote (1Mi rows) at 100 float32 columns; streamed through 256 KiB buffers, reading 5M x 100
-        # peaked at 480 MiB instead of 990, in the same time.
+        # buffer_size each column's whole chunk of the row group is read at once (a row group pandas writes holds
+        # 1Mi rows); streamed through small buffers, the peak is about halved in the same time.
         parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
         for batch in parquet.iter_batches(batch_size=rows or 1 << 16, columns=columns):
             yield Block(batch, first, first - 1 + len(batch))
@@ -153,8 +152,8 @@ def _csv_pieces(path: Path) -> Iterator[tuple[memoryview, int]]:
 def _parsed_csv(path: Path, header: list[str], columns: list[str], numbers: list[str]) -> Iterator[tuple[Any, int]]:
     """The pieces of _csv_pieces as record batches in file order, parsed on up to one thread per core.
 
-    pyarrow's streaming reader parses on one core however many there are (1M x 100, 1 GB of CSV: 7.2 s,
-    user time equal to wall time); these pieces, two at a time, in 1 MiB blocks, took 3.1 s. The columns
+    pyarrow's streaming reader parses on one core however many there are (user time equal to wall time);
+    these pieces, one per core at a time in 1 MiB blocks, use them all. The columns
     not forced to numbers are typed from the first piece, as the streaming reader types from its first block.
     """
     import pyarrow as pa
@@ -198,8 +197,8 @@ def read_ahead(items: Iterator[T]) -> Iterator[T]:
     """The items of `items`, each made on a worker thread while the caller works on the one before.
 
     For the reading loops: pyarrow's decoding and row-major conversion release the GIL, so on two cores
-    the next block is read while this one is checked, scored or written (1M x 100 Parquet scored in
-    0.62-0.71 s instead of 0.80-0.86). One item ahead at most: memory stays bounded. An error making an
+    the next block is read while this one is checked, scored or written. One item ahead at most: memory
+    stays bounded. An error making an
     item is raised here, at that item; a caller that stops early waits for at most the one in flight.
     """
     done = object()

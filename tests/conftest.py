@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -50,10 +53,10 @@ def isolated_mlflow(monkeypatch: pytest.MonkeyPatch):
 
 def prepared(source, where: Path):
     """A source through the prepare stage's own path (validated, written, mapped), every row as train."""
-    from pipeline import data
+    from pipeline import dataset, preparation
 
-    data.prepare_dir(where, source, 0.0, 1, False, "error")
-    return data.load_prepared(where)
+    preparation.prepare_dir(where, source, 0.0, 1, False, "error")
+    return dataset.load_prepared(where)
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +123,42 @@ def project(tmp_path: Path, template_store: Path) -> Path:
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-qm", "init"], root, env)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, body text) from one HTTP request; (0, error) when nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return 0, str(exc)
+    finally:
+        conn.close()
+
+
+def invoke_json(port: int, payload) -> tuple[int, dict]:
+    status, text = request(port, "POST", "/invocations", json.dumps(payload).encode(), JSON)
+    return status, json.loads(text)
+
+
+JSON = {"Content-Type": "application/json"}
+CSV = {"Content-Type": "text/csv"}
+
+
+def dvc_command(project: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """This venv's `dvc` with args, and its environment (DVC's site cache beside the project)."""
+    env = run_env(DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
+    return [str(Path(sys.executable).parent / "dvc"), *args], env
+
+
+def dvc(project: Path, *args: str, ok: bool = True):
+    cmd, env = dvc_command(project, *args)
+    return sh(cmd, project, env, ok=ok)

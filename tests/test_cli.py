@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from pipeline import store
 from pipeline.cli import main
+from pipeline.store import registry
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO
 
 
 @pytest.fixture
@@ -247,7 +247,7 @@ def test_champion_moves_only_on_evidence_or_by_hand(workdir, store_uri):
     reusing = client.get_run(again["decision_run_id"]).data.tags
     assert reusing["pipeline.registered_model"] == "BinaryClassifier" and reusing["pipeline.version_reused"] == "true"
     assert reusing["pipeline.registered_version"] == "1" and reusing["gate.reason"] == "v1 is already the champion"
-    (reuse,) = [r for r in store.history(client, store_uri, "BinaryClassifier") if "reused" in r]
+    (reuse,) = [r for r in registry.history(client, store_uri, "BinaryClassifier") if "reused" in r]
     assert reuse["reused"] == "1" and again["decision_run_id"] in reuse["reason"]
     # lr=0.5: roc_auc 1.0 like the champion's on the same six rows. A tie is not an improvement.
     tie = pipeline_run("train.lr=0.5")

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import store
+from pipeline.store import registry
 
-from .conftest import REPO, run_env
+from .conftest import REPO, dvc, dvc_command, run_env
 
-pytestmark = pytest.mark.slow
 PIPELINES = 4
 
 
@@ -49,13 +48,12 @@ def test_concurrent_pipelines_create_one_store_and_one_version(tmp_path):
     registered = [json.loads((work / "models/registered.json").read_text()) for work, _ in procs]
     assert {r["version"] for r in registered} == {1} and sum(r["new_version"] for r in registered) == 1
     assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
-    records = store.history(client, uri, "BinaryClassifier")
+    records = registry.history(client, uri, "BinaryClassifier")
     assert sum("alias" in r for r in records) == 2 and sum("reused" in r for r in records) == PIPELINES - 1
 
 
 def settled(project: Path, timeout: float = 600) -> str:
     """`dvc queue status` once no experiment is queued or running any more."""
-    from .test_e2e import dvc
 
     deadline = time.monotonic() + timeout
     while re.search(r"\b(Queued|Running)\b", status := dvc(project, "queue", "status").stdout):
@@ -72,7 +70,6 @@ def stop_workers(project: Path, grace: float = 30) -> None:
     (and upstream, treeverse/dvc#10398) a worker that never acted on it idles forever, and `dvc exp run
     --run-all` waits on it forever. So the test waits on the experiments, not on the workers.
     """
-    from .test_e2e import dvc
 
     dvc(project, "queue", "stop", ok=False)
     deadline = time.monotonic() + grace
@@ -94,7 +91,6 @@ def _is_worker(proc: Path, project: Path) -> bool:
 
 def test_dvc_queue_with_two_workers_on_a_new_store(project):
     """`dvc queue start -j 2`: two queued experiments at once, the default store not created yet."""
-    from .test_e2e import dvc, dvc_command
 
     (project / "mlflow.db").unlink()
     for lr in ("0.5", "0.25"):
@@ -123,5 +119,5 @@ def test_dvc_queue_with_two_workers_on_a_new_store(project):
     # Both tie on roc_auc: the first registered is the champion, the second only @challenger.
     assert str(client.get_model_version_by_alias("BinaryClassifier", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("BinaryClassifier", "challenger").version) == "2"
-    records = store.history(client, uri, "BinaryClassifier")
+    records = registry.history(client, uri, "BinaryClassifier")
     assert [r["alias"] for r in records] == ["challenger", "champion", "challenger"]

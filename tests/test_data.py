@@ -4,12 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import data
+from pipeline import dataset, preparation, sources, tables
 from pipeline.sources import open_source
 
-from .conftest import prepared
-
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO, prepared
 
 
 def csv(tmp_path: Path, text: str) -> Path:
@@ -62,27 +60,29 @@ def test_label_column_may_be_anywhere(tmp_path):
     ],
 )
 def test_bad_csv_names_file_row_and_column(tmp_path, text, label, message):
-    with pytest.raises(data.TableError, match=message):
+    with pytest.raises(tables.TableError, match=message):
         prepared(source(str(csv(tmp_path, text)), label=label), tmp_path / "p")
     assert not (tmp_path / "p").exists() and [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # no leftovers
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(data.TableError, match="absent.csv: file not found"):
+    with pytest.raises(tables.TableError, match="absent.csv: file not found"):
         source(str(tmp_path / "absent.csv"))
     (tmp_path / "folder.csv").mkdir()
-    with pytest.raises(data.TableError, match="folder.csv: is a directory, not a csv file"):
+    with pytest.raises(tables.TableError, match="folder.csv: is a directory, not a csv file"):
         source(str(tmp_path / "folder.csv"))
     (tmp_path / "latin1.csv").write_bytes(b"x1,x2,y\n1,2,0\n" + "caf\xe9,3,1\n".encode("latin-1"))
-    with pytest.raises(data.TableError, match=r"latin1.csv: not UTF-8 text \(byte 0xe9 at offset 17\)"):
+    with pytest.raises(tables.TableError, match=r"latin1.csv: not UTF-8 text \(byte 0xe9 at offset 17\)"):
         prepared(source(str(tmp_path / "latin1.csv")), tmp_path / "p")
     (tmp_path / "utf16.csv").write_bytes("x1,x2,y\n".encode("utf-16"))
-    with pytest.raises(data.TableError, match=r"utf16.csv: not UTF-8 text \(byte 0xff at offset 0\); save it as UTF-8"):
+    with pytest.raises(
+        tables.TableError, match=r"utf16.csv: not UTF-8 text \(byte 0xff at offset 0\); save it as UTF-8"
+    ):
         source(str(tmp_path / "utf16.csv"))
     (tmp_path / "fake.parquet").write_text("x1,x2,y\n")
-    with pytest.raises(data.TableError, match="fake.parquet: not a Parquet file"):
+    with pytest.raises(tables.TableError, match="fake.parquet: not a Parquet file"):
         source(str(tmp_path / "fake.parquet"))
-    with pytest.raises(data.TableError, match="t.txt: prepare.source must be a .csv or .parquet file"):
+    with pytest.raises(tables.TableError, match="t.txt: prepare.source must be a .csv or .parquet file"):
         source(str(tmp_path / "t.txt"))
 
 
@@ -99,21 +99,21 @@ def test_positive_names_the_label_that_means_one(tmp_path):
     assert booleans.y_train.tolist() == [1, 0]  # a boolean label: True is 1
     # a null text label is missing, not the negative class
     pd.DataFrame({"x1": [1.0, 2.0, 3.0], "answer": ["no", None, "yes"]}).to_parquet(tmp_path / "n.parquet")
-    with pytest.raises(data.TableError, match=r"n.parquet, row 2, column 'answer': missing label"):
+    with pytest.raises(tables.TableError, match=r"n.parquet, row 2, column 'answer': missing label"):
         prepared(source(str(tmp_path / "n.parquet"), label="answer", positive="yes"), tmp_path / "s")
-    with pytest.raises(data.TableError, match="prepare.positive: synthetic's labels are 0/1 already"):
+    with pytest.raises(tables.TableError, match="prepare.positive: synthetic's labels are 0/1 already"):
         source("synthetic", n_samples=10, n_features=2, positive="1")
 
 
 def test_missing_drop_drops_and_counts_rows(tmp_path):
     text = "x1,x2,y\n1,2,0\n,3,1\n3,4,\n4,nan,1\n5,6,1\n6,7,0\n"
-    meta = data.prepare_dir(tmp_path / "p", source(str(csv(tmp_path, text))), 0.0, 1, False, "drop")
-    table = data.load_prepared(tmp_path / "p")
+    meta = preparation.prepare_dir(tmp_path / "p", source(str(csv(tmp_path, text))), 0.0, 1, False, "drop")
+    table = dataset.load_prepared(tmp_path / "p")
     assert meta["dropped_rows"] == 3 and table.X_train.tolist() == [[1, 2], [5, 6], [6, 7]]
     assert table.y_train.tolist() == [0, 1, 0]
     infinite = csv(tmp_path, "x1,x2,y\n1,2,0\n2,inf,1\n3,,1\n")  # an infinity is a value, not a gap
-    with pytest.raises(data.TableError, match=r"row 3, column 'x2': missing, NaN or infinite value$"):
-        data.prepare_dir(tmp_path / "q", source(str(infinite)), 0.0, 1, False, "drop")
+    with pytest.raises(tables.TableError, match=r"row 3, column 'x2': missing, NaN or infinite value$"):
+        preparation.prepare_dir(tmp_path / "q", source(str(infinite)), 0.0, 1, False, "drop")
 
 
 def test_breast_cancer_is_bundled(tmp_path):
@@ -123,9 +123,9 @@ def test_breast_cancer_is_bundled(tmp_path):
 
 def test_split_is_stratified_seeded_and_disjoint():
     y = np.array([0] * 60 + [1] * 40, dtype=np.float32)
-    train, test = data.stratified_split(y, 0.25, seed=3)
-    again, _ = data.stratified_split(y, 0.25, seed=3)
-    other, _ = data.stratified_split(y, 0.25, seed=4)
+    train, test = preparation.stratified_split(y, 0.25, seed=3)
+    again, _ = preparation.stratified_split(y, 0.25, seed=3)
+    other, _ = preparation.stratified_split(y, 0.25, seed=4)
     assert np.array_equal(train, again) and not np.array_equal(train, other)
     assert set(train).isdisjoint(test) and len(train) + len(test) == 100
     assert (y[test] == 0).sum() == 15 and (y[test] == 1).sum() == 10
@@ -133,13 +133,15 @@ def test_split_is_stratified_seeded_and_disjoint():
 
 def test_split_that_empties_a_class_is_an_error():
     y = np.array([0, 0, 0, 1, 1, 1], dtype=np.float32)
-    with pytest.raises(data.TableError, match="prepare.test_size=0.1 leaves class 0"):
-        data.stratified_split(y, 0.1, seed=1)
+    with pytest.raises(tables.TableError, match="prepare.test_size=0.1 leaves class 0"):
+        preparation.stratified_split(y, 0.1, seed=1)
 
 
 def test_test_size_zero_evaluates_on_train(tmp_path):
-    meta = data.prepare_dir(tmp_path / "prep", source(str(REPO / "data/raw/tutorial.csv")), 0.0, 1, False, "error")
-    p = data.load_prepared(tmp_path / "prep")
+    meta = preparation.prepare_dir(
+        tmp_path / "prep", source(str(REPO / "data/raw/tutorial.csv")), 0.0, 1, False, "error"
+    )
+    p = dataset.load_prepared(tmp_path / "prep")
     assert meta["evaluated_on"] == p.evaluated_on == "train" and p.mean is None
     assert np.array_equal(p.X_test, p.X_train) and p.X_train.tolist() == [
         [1, 2],
@@ -154,16 +156,16 @@ def test_test_size_zero_evaluates_on_train(tmp_path):
 
 @pytest.mark.parametrize("test_size", [0.2, 0.0])
 def test_arrays_are_standardised_with_the_train_splits_statistics(tmp_path, test_size):
-    data.prepare_dir(tmp_path / "prep", source("breast_cancer"), test_size, 1, True, "error")
-    data.prepare_dir(tmp_path / "raw", source("breast_cancer"), test_size, 1, False, "error")
-    p, raw = data.load_prepared(tmp_path / "prep"), data.load_prepared(tmp_path / "raw")
+    preparation.prepare_dir(tmp_path / "prep", source("breast_cancer"), test_size, 1, True, "error")
+    preparation.prepare_dir(tmp_path / "raw", source("breast_cancer"), test_size, 1, False, "error")
+    p, raw = dataset.load_prepared(tmp_path / "prep"), dataset.load_prepared(tmp_path / "raw")
     # Sums of float32 blocks around a shift, kept as the float32 values X is scaled with
     np.testing.assert_allclose(p.mean, raw.X_train.mean(axis=0, dtype=np.float64), rtol=1e-6)
     np.testing.assert_allclose(p.scale, raw.X_train.std(axis=0, dtype=np.float64), rtol=1e-6)
     assert np.float32(p.mean).tolist() == list(p.mean) and np.float32(p.scale).tolist() == list(p.scale)
     for split in ("X_train", "X_test"):
-        assert np.array_equal(getattr(p, split), data.scale_rows(getattr(raw, split), p.mean, p.scale))
-    np.testing.assert_allclose(data.raw_rows(p, p.X_test), raw.X_test, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(getattr(p, split), preparation.scale_rows(getattr(raw, split), p.mean, p.scale))
+    np.testing.assert_allclose(dataset.raw_rows(p, p.X_test), raw.X_test, rtol=1e-5, atol=1e-6)
     if test_size:  # the train split's statistics, not the whole table's
         full = prepared(source("breast_cancer"), tmp_path / "full")
         assert not np.allclose(p.mean, full.X_train.mean(axis=0), rtol=1e-6)
@@ -175,10 +177,10 @@ def test_prepared_arrays_map_without_a_copy_and_hash_deterministically(tmp_path)
 
     import torch
 
-    first = data.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True, "error")
-    again = data.prepare_dir(tmp_path / "again", source("breast_cancer"), 0.2, 1, True, "error")
+    first = preparation.prepare_dir(tmp_path / "prep", source("breast_cancer"), 0.2, 1, True, "error")
+    again = preparation.prepare_dir(tmp_path / "again", source("breast_cancer"), 0.2, 1, True, "error")
     assert first["sha256"] == again["sha256"] and len(first["sha256"]) == 64
-    p = data.load_prepared(tmp_path / "prep")
+    p = dataset.load_prepared(tmp_path / "prep")
     assert isinstance(p.X_train, np.memmap) and p.X_train.flags.writeable
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns on read-only arrays
@@ -188,7 +190,7 @@ def test_prepared_arrays_map_without_a_copy_and_hash_deterministically(tmp_path)
 
 def test_failed_write_leaves_earlier_output_intact(tmp_path, monkeypatch):
     tutorial = source(str(REPO / "data/raw/tutorial.csv"))
-    data.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False, "error")
+    preparation.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False, "error")
     before = {f.name: f.read_bytes() for f in (tmp_path / "prep").iterdir()}
 
     def broken_save(*args, **kwargs):
@@ -196,7 +198,7 @@ def test_failed_write_leaves_earlier_output_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        data.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False, "error")
+        preparation.prepare_dir(tmp_path / "prep", tutorial, 0.0, 1, False, "error")
     assert {f.name: f.read_bytes() for f in (tmp_path / "prep").iterdir()} == before
     assert [f.name for f in tmp_path.iterdir()] == ["prep"]  # no temp leftovers
 
@@ -204,7 +206,7 @@ def test_failed_write_leaves_earlier_output_intact(tmp_path, monkeypatch):
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_a_write_that_fails_on_the_writers_thread_is_raised_to_the_caller():
     rows = np.ones((1 << 14, 8), dtype=np.float32)  # past the file's buffer: the write reaches the device
-    out = data.NpyWriter(Path("/dev/full"), 8)
+    out = preparation.NpyWriter(Path("/dev/full"), 8)
     out.write(rows)  # returns at once: the write runs on the writer's thread
     with pytest.raises(OSError, match="No space left on device"):
         out.write(rows)  # the first write's error, raised at the next call
@@ -235,17 +237,17 @@ def test_csv_and_parquet_stream_in_chunks_with_row_numbers(tmp_path, monkeypatch
     frame.loc[2500, "a"] = np.nan
     frame.to_csv(tmp_path / "t.csv", index=False)
     frame.to_parquet(tmp_path / "t.parquet")
-    with pytest.raises(data.TableError, match=r"t.csv, row 2502, column 'a': missing"):
+    with pytest.raises(tables.TableError, match=r"t.csv, row 2502, column 'a': missing"):
         prepared(source(str(tmp_path / "t.csv")), tmp_path / "bad")
-    with pytest.raises(data.TableError, match=r"t.parquet, row 2501, column 'a': missing"):
+    with pytest.raises(tables.TableError, match=r"t.parquet, row 2501, column 'a': missing"):
         prepared(source(str(tmp_path / "t.parquet")), tmp_path / "bad")
     frame["a"] = frame["a"].astype(object)
     frame.loc[2500, "a"] = 0.5  # the first bad cell in file order is the one reported
     frame.loc[2700, "a"] = "oops"
     frame.to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(data.TableError, match=r"t.csv, row 2702, column 'a': not a number: 'oops'"):
+    with pytest.raises(tables.TableError, match=r"t.csv, row 2702, column 'a': not a number: 'oops'"):
         prepared(source(str(tmp_path / "t.csv")), tmp_path / "bad")
-    with pytest.raises(data.TableError, match=r"prepare.features \['c'\] not in header"):
+    with pytest.raises(tables.TableError, match=r"prepare.features \['c'\] not in header"):
         source(str(tmp_path / "t.csv"), features=["c"])
 
 
@@ -274,19 +276,20 @@ def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path,
     from pipeline import sources
 
     monkeypatch.setattr(sources, "CHUNK_ROWS", 300)
-    monkeypatch.setattr(data, "CHUNK_ROWS", 128)  # the split pass's blocks, not aligned with the written chunks
+    for module in (preparation, dataset):  # the split pass's blocks, not aligned with the written chunks
+        monkeypatch.setattr(module, "CHUNK_ROWS", 128)
     rng = np.random.default_rng(5)
     frame = pd.DataFrame(rng.normal(size=(2000, 3)).astype(np.float32), columns=["a", "b", "c"])
     frame["y"] = rng.integers(0, 2, 2000)
     frame.to_parquet(tmp_path / "t.parquet")
-    train, test = data.stratified_split(frame["y"].to_numpy(np.float32), 0.3, seed=4)
+    train, test = preparation.stratified_split(frame["y"].to_numpy(np.float32), 0.3, seed=4)
     X, y = frame[["a", "b", "c"]].to_numpy(), frame["y"].to_numpy(np.float32)
     # error: the Parquet labels read first, each row written straight to its split; drop: moved after
     for missing in ("error", "drop"):
-        meta = data.prepare_dir(tmp_path / missing, source(str(tmp_path / "t.parquet")), 0.3, 4, True, missing)
-        p = data.load_prepared(tmp_path / missing)
-        np.testing.assert_array_equal(p.X_train, data.scale_rows(X[train], meta["mean"], meta["scale"]))
-        np.testing.assert_array_equal(p.X_test, data.scale_rows(X[test], meta["mean"], meta["scale"]))
+        meta = preparation.prepare_dir(tmp_path / missing, source(str(tmp_path / "t.parquet")), 0.3, 4, True, missing)
+        p = dataset.load_prepared(tmp_path / missing)
+        np.testing.assert_array_equal(p.X_train, preparation.scale_rows(X[train], meta["mean"], meta["scale"]))
+        np.testing.assert_array_equal(p.X_test, preparation.scale_rows(X[test], meta["mean"], meta["scale"]))
         np.testing.assert_array_equal(p.y_train, y[train])
         np.testing.assert_array_equal(p.y_test, y[test])
         assert (tmp_path / missing / "X_train.npy").stat().st_size == 128 + 4 * 3 * train.size  # no tail left
@@ -303,14 +306,14 @@ def test_labels_read_first_must_match_the_rows(tmp_path):
         (np.array([0, 1, 0, 1, 1, 0], np.float32), r"changed while it was read \(labels from row 1 differ\)"),
         (np.array([0, 1, 0, 1, 0, 1, 0, 1], np.float32), r"changed while it was read \(8 labels, 6 rows\)"),
     ):
-        changed = data.Source(table.origin, table.label, table.features, table.chunks, lambda labels=labels: labels)
-        with pytest.raises(data.TableError, match=message):
-            data.prepare_dir(tmp_path / "prep", changed, 0.5, 1, False, "error")
+        changed = sources.Source(table.origin, table.label, table.features, table.chunks, lambda labels=labels: labels)
+        with pytest.raises(tables.TableError, match=message):
+            preparation.prepare_dir(tmp_path / "prep", changed, 0.5, 1, False, "error")
         assert not (tmp_path / "prep").exists()
     frame.loc[4, "a"] = np.nan  # the rows streamed after the labels are validated as ever
     frame.to_parquet(tmp_path / "nan.parquet")
-    with pytest.raises(data.TableError, match=r"nan.parquet, row 5, column 'a': missing, NaN or infinite value"):
-        data.prepare_dir(tmp_path / "prep", source(str(tmp_path / "nan.parquet")), 0.5, 1, False, "error")
+    with pytest.raises(tables.TableError, match=r"nan.parquet, row 5, column 'a': missing, NaN or infinite value"):
+        preparation.prepare_dir(tmp_path / "prep", source(str(tmp_path / "nan.parquet")), 0.5, 1, False, "error")
     assert not (tmp_path / "prep").exists()
 
 

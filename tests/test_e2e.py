@@ -18,10 +18,8 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline.params import flatten
-from tests.conftest import REPO, run_env, sh
-from tests.test_serving import free_port
+from tests.conftest import REPO, dvc, dvc_command, free_port, run_env, sh
 
-pytestmark = pytest.mark.slow
 TUTORIAL_PROBA = [2.7616e-04, 3.1595e-02, 3.8959e-02, 9.5624e-01, 9.9823e-01, 9.9969e-01]
 LOAD_CHAMPION = """
 import json, sys
@@ -38,17 +36,6 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2).ok
     except requests.RequestException:
         return False
-
-
-def dvc_command(project: Path, *args: str) -> tuple[list[str], dict[str, str]]:
-    """This venv's `dvc` with args, and its environment (DVC's site cache beside the project)."""
-    env = run_env(DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))
-    return [str(Path(sys.executable).parent / "dvc"), *args], env
-
-
-def dvc(project: Path, *args: str, ok: bool = True):
-    cmd, env = dvc_command(project, *args)
-    return sh(cmd, project, env, ok=ok)
 
 
 def assert_up_to_date(project: Path) -> None:
@@ -284,7 +271,7 @@ def test_a_parquet_table_through_every_stage_then_batch_scoring(project, tmp_pat
     import pyarrow.parquet as pq
     from sklearn.metrics import log_loss, roc_auc_score
 
-    from pipeline.data import stratified_split
+    from pipeline.preparation import stratified_split
     from pipeline.sources import synthetic
 
     rows, features = 300_000, 20

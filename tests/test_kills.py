@@ -18,7 +18,6 @@ from tests.conftest import run_env, sh
 from tests.test_e2e import assert_up_to_date, dvc
 from tests.test_serving import free_port
 
-pytestmark = pytest.mark.slow
 OUTPUTS = ("data/prepared/X_train.npy", "models/model.pt", "models/mlflow_run.json", "metrics/evaluate.json")
 
 

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from pipeline import gate, store
+from pipeline import gate
+from pipeline.lineage import FAMILIES
 from pipeline.metrics import cost_and_accuracy, evaluation, fit_baseline
 from pipeline.params import BaselineParams
-from pipeline.stages import FAMILIES, project_root
+from pipeline.store import location
+from pipeline.workspace import project_root
 
 from .conftest import prepared
 
@@ -47,20 +49,20 @@ def test_evaluate_scores_both_models_and_refuses_a_model_for_other_features(tmp_
     import re
 
     from pipeline.model import BinaryClassifier, ModelConfig, checkpoint_bytes
+    from pipeline.scoring import compare
     from pipeline.sources import open_source
-    from pipeline.stages.evaluate import score
 
     tutorial = open_source(str(Path(__file__).resolve().parents[1] / "data/raw/tutorial.csv"), "y", None, 0, 0, 1, None)
     prepared(tutorial, tmp_path / "prep")
     params, model = BaselineParams(C=1.0, max_iter=1000, solver="lbfgs"), tmp_path / "model.pt"
     model.write_bytes(checkpoint_bytes(BinaryClassifier(2), ModelConfig(2, ("x1", "x2"), 0.5)))
-    scored = score(tmp_path / "prep", model, params)
+    scored = compare(tmp_path / "prep", model, params)
     assert scored.rows == 6 and scored.metrics["baseline"]["accuracy"] == 1.0
     assert set(scored.metrics) == set(FAMILIES) and set(scored.curves) == set(FAMILIES.values())
     # found on the scoring thread, raised once the baseline's fit is done
     model.write_bytes(checkpoint_bytes(BinaryClassifier(2), ModelConfig(2, ("x2", "x1"), 0.5)))
     with pytest.raises(ValueError, match=re.escape(f"{model}: model features ('x2', 'x1') != prepared")):
-        score(tmp_path / "prep", model, params)
+        compare(tmp_path / "prep", model, params)
 
 
 def test_project_root_anchoring(tmp_path):
@@ -73,10 +75,10 @@ def test_project_root_anchoring(tmp_path):
 
 
 def test_store_location(tmp_path):
-    assert store.tracking_uri(tmp_path, {}) == f"sqlite:///{tmp_path}/mlflow.db"
-    assert store.tracking_uri(tmp_path, {"MLFLOW_TRACKING_URI": "http://h:5000"}) == "http://h:5000"
-    assert store.artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path / "mlartifacts").as_uri()
-    assert store.artifact_location("http://h:5000") is None
+    assert location.tracking_uri(tmp_path, {}) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert location.tracking_uri(tmp_path, {"MLFLOW_TRACKING_URI": "http://h:5000"}) == "http://h:5000"
+    assert location.artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path / "mlartifacts").as_uri()
+    assert location.artifact_location("http://h:5000") is None
 
 
 # ---------------------------------------------------------------- the gate's paired evidence

@@ -5,7 +5,7 @@ import yaml
 
 from pipeline.params import ParamsError, load_params
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO
 
 
 def write(tmp_path: Path, mutate) -> Path:

@@ -10,7 +10,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,10 +23,10 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.model import load_checkpoint, predict_proba
-from pipeline.serving import json_problem
+from pipeline.request_guard import json_problem
 from pipeline.tables import TableError, feature_matrix
 
-from .conftest import REPO, run_env, sh
+from .conftest import JSON, REPO, free_port, invoke_json, request, run_env, sh
 
 TUTORIAL_X = [[1, 2], [2, 3], [3, 1], [4, 3], [5, 3], [6, 2]]
 TUTORIAL_P = [2.7616e-04, 3.1595e-02, 3.8959e-02, 9.5624e-01, 9.9823e-01, 9.9969e-01]  # DESIGN.md
@@ -46,12 +45,6 @@ def registered(tmp_path_factory: pytest.TempPathFactory, template_store: Path) -
     uri = f"sqlite:///{root / 'mlflow.db'}"
     sh([sys.executable, "-m", "pipeline", "run"], root, run_env(MLFLOW_TRACKING_URI=uri))
     return root, uri
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -77,28 +70,6 @@ def server(registered: tuple[Path, str], tmp_path_factory: pytest.TempPathFactor
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
     log.close()
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    """(status, body text) from one HTTP request; (0, error) when nothing answers."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read().decode("utf-8", "replace")
-    except OSError as exc:
-        return 0, str(exc)
-    finally:
-        conn.close()
-
-
-def invoke_json(port: int, payload) -> tuple[int, dict]:
-    status, text = request(port, "POST", "/invocations", json.dumps(payload).encode(), JSON)
-    return status, json.loads(text)
-
-
-JSON = {"Content-Type": "application/json"}
-CSV = {"Content-Type": "text/csv"}
 
 
 def pipeline_proba(root: Path, X) -> np.ndarray:
@@ -599,12 +570,12 @@ def test_batch_scoring_names_the_first_bad_cell_in_row_order(registered, tmp_pat
 
 @pytest.mark.parametrize("cell", ["abc", "True", "1e39", "", "inf"])
 def test_a_bad_cell_gets_the_same_words_from_prepare_batch_scoring_and_the_server(registered, server, tmp_path, cell):
-    from pipeline import data
+    from pipeline import preparation
     from pipeline.sources import open_source
 
     (tmp_path / "t.csv").write_text(f"x1,x2,y\n1,2,0\n3,{cell},1\n")
     with pytest.raises(TableError) as prepared:
-        data.prepare_dir(
+        preparation.prepare_dir(
             tmp_path / "p", open_source(str(tmp_path / "t.csv"), "y", None, 0, 0, 1, None), 0, 1, False, "error"
         )
     result = predict_cli(registered, "--input", str(tmp_path / "t.csv"), "--output", str(tmp_path / "o.csv"))

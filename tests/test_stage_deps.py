@@ -120,12 +120,24 @@ def test_the_derivation_sees_imports_inside_functions_and_by_name():
     """The rule itself: in-function imports count, TYPE_CHECKING ones do not, the loader module is found."""
     register = closure("register")
     assert {"pipeline.tables", "pipeline.interrupts", "pipeline.serving", "pipeline.__main__"} <= register
-    assert "pipeline.stages.server" not in register  # another command's import inside cli.py
+    assert "pipeline.tracking_server" not in register  # another command's import inside cli.py
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipeline import model\n")
     assert imports_in(tree, "pipeline.x", _under_type_checking(tree)) == set()
 
 
-@pytest.mark.slow
+def test_stages_are_the_commands_and_none_imports_another():
+    """pipeline/stages/ holds one module per command, each with execute(); what two share is a core module."""
+    from pipeline.cli import main
+
+    modules = {p.stem: p for p in (REPO / PACKAGE / "stages").glob("*.py") if p.stem != "__init__"}
+    assert set(modules) == set(main.commands) - {"run"}  # run is the flow of the stages: pipeline/flow.py
+    for stem, path in sorted(modules.items()):
+        tree = ast.parse(path.read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "execute" for n in tree.body), f"{path}: no execute()"
+        others = {m for m in imports_in(tree, f"{PACKAGE}.stages.{stem}") if m.startswith(f"{PACKAGE}.stages.")}
+        assert not others, f"{path} imports another stage: {sorted(others)}"
+
+
 def test_a_stage_imports_nothing_outside_its_deps_at_run_time(project):
     """Each stage's command (from dvc.lock), run with its children reporting imports: all within its deps."""
     env = run_env(DVC_SITE_CACHE_DIR=str(project.parent / "dvc-site"))

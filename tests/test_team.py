@@ -18,11 +18,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from pipeline import store
-from tests.conftest import REPO, run_env, sh
-from tests.test_serving import free_port, invoke_json
-
-pytestmark = pytest.mark.slow
+from pipeline.store import registry
+from tests.conftest import REPO, free_port, invoke_json, run_env, sh
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +178,7 @@ def test_concurrent_registrations_through_the_server(team_server, tmp_path):
     registered = [json.loads((work / "models/registered.json").read_text()) for work, _ in procs]
     assert sum(r["new_version"] for r in registered) == 1
     assert {r["version"] for r in registered} == {int(version.version)}
-    records = store.history(client, url, "Raced")
+    records = registry.history(client, url, "Raced")
     assert sorted(r["alias"] for r in records if "alias" in r) == ["challenger", "champion"]  # once each
     assert not client.search_registered_models("name = 'Raced.lock'")  # released
 

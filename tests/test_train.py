@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.devices import DeviceError, Shard, resolve_device
+from pipeline.fused import FUSED_ROWS, GPU_BLOCK_ELEMENTS, column_moments, fused_pass
 from pipeline.model import (
     ROW_BLOCK,
     BinaryClassifier,
@@ -18,21 +20,10 @@ from pipeline.model import (
 )
 from pipeline.params import load_params
 from pipeline.sources import open_source
-from pipeline.training import (
-    FUSED_ROWS,
-    GPU_BLOCK_ELEMENTS,
-    DeviceError,
-    Shard,
-    column_moments,
-    fused_pass,
-    resolve_device,
-    sgd_step,
-    train,
-)
+from pipeline.training import sgd_step, train
 
-from .conftest import prepared
+from .conftest import REPO, prepared
 
-REPO = Path(__file__).resolve().parents[1]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TUTORIAL_LINES = [
     "Epoch    0/1000 Cost: 0.539713 Accuracy 83.33%",
@@ -221,8 +212,8 @@ def test_history_chunks_arrive_at_log_lines_and_cover_every_epoch(tutorial):
 
 
 def test_a_model_scores_prepared_rows_as_it_scores_raw_rows():
-    from pipeline.data import scale_rows
     from pipeline.model import on_prepared
+    from pipeline.preparation import scale_rows
 
     rng = np.random.default_rng(4)
     X = rng.normal([5.0, -3.0, 100.0], [2.0, 0.5, 30.0], (200, 3)).astype(np.float32)
@@ -243,7 +234,7 @@ def standardized_breast_cancer():
     """breast_cancer's rows standardised as prepare writes them (float32), and its labels."""
     from sklearn.datasets import load_breast_cancer
 
-    from pipeline.data import scale_rows
+    from pipeline.preparation import scale_rows
 
     bunch = load_breast_cancer()
     X, y = bunch.data.astype(np.float32), bunch.target.astype(np.float32)
@@ -358,7 +349,7 @@ def test_lbfgs_on_rows_prepare_standardised_skips_the_moments_pass_for_the_same_
     overrides = ["train.optimizer=lbfgs", "train.C=0.5", "train.epochs=500", "train.log_every=100000"]
     params = load_params(REPO / "params.yaml", overrides).train
     measured = train(X, y, params, torch.device("cpu"), lambda line: None)
-    monkeypatch.setattr("pipeline.training.column_moments", lambda *args: pytest.fail("a pass for known moments"))
+    monkeypatch.setattr("pipeline.fused.column_moments", lambda *args: pytest.fail("a pass for known moments"))
     assumed = train(X, y, params, torch.device("cpu"), lambda line: None, standardized=True)
     for ours, theirs in zip(assumed.model.parameters(), measured.model.parameters(), strict=True):
         np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), atol=1e-4)

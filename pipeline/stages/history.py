@@ -6,16 +6,16 @@ from typing import Any
 
 import click
 
-from pipeline import store
-from pipeline.stages import Context
-from pipeline.stages.records import elsewhere
+from pipeline.records import elsewhere
+from pipeline.store import connection, registry
+from pipeline.workspace import Context
 
 
 def execute(ctx: Context) -> None:
     """Print when, what, from, to, by, reason and evidence of each record, oldest first."""
     name = ctx.params.register.model_name
     try:
-        records = store.history(store.client(ctx.uri), ctx.uri, name)
+        records = registry.history(connection.connect(ctx.uri), ctx.uri, name)
     except ValueError as exc:
         raise ValueError(f"{exc}{elsewhere(ctx)}") from None
     moves = sum(1 for r in records if "alias" in r)

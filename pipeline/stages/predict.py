@@ -9,14 +9,9 @@ from pathlib import Path
 
 import click
 
-from pipeline import store
-from pipeline.stages import Context
-from pipeline.stages.records import elsewhere
-
-
-def champion_uri(ctx: Context) -> str:
-    """The registry URI of this project's champion."""
-    return f"models:/{ctx.params.register.model_name}@{store.CHAMPION}"
+from pipeline.records import elsewhere
+from pipeline.store import connection, registry
+from pipeline.workspace import Context
 
 
 def execute(
@@ -27,20 +22,20 @@ def execute(
     The rows go to the loaded model's scorer (PyFuncModel.get_raw_model) as arrays the shared validator
     checked, skipping pyfunc's per-column DataFrame checks, which cost more than the scoring.
     """
-    from pipeline import batch
+    from pipeline import batch_scoring
     from pipeline.tables import file_format
 
-    source = batch.open_input(input_path)  # fail on a bad input before loading anything
+    source = batch_scoring.open_input(input_path)  # fail on a bad input before loading anything
     file_format(output_path)
-    store.client(ctx.uri)
-    with store.absent_as_error(f"model {model_uri}", ctx.uri, elsewhere(ctx)):
-        model = store.load_pyfunc(model_uri)
+    connection.connect(ctx.uri)
+    with connection.absent_as_error(f"model {model_uri}", ctx.uri, elsewhere(ctx)):
+        model = registry.load_pyfunc(model_uri)
     features = tuple(model.metadata.get_input_schema().input_names())
     bar = click.progressbar(length=source.total, label=f"scoring {input_path}", file=sys.stderr)
     tty = sys.stderr.isatty()  # a bar only on a terminal
     started = time.perf_counter()
     with bar if tty else contextlib.nullcontext(bar):
-        n = batch.score_file(
+        n = batch_scoring.score_file(
             model.get_raw_model().score_columns,
             features,
             source,

@@ -6,22 +6,22 @@ from pathlib import Path
 
 import click
 
-from pipeline.stages import Context
+from pipeline.workspace import Context
 
 
-def execute(ctx: Context, out: Path) -> dict:
-    """Read prepare.source, validate, split, standardise and write `out`; returns its meta."""
-    from pipeline import data
+def execute(ctx: Context, prepared_dir: Path) -> dict:
+    """Read prepare.source, validate, split, standardise and write the prepared dataset; returns its meta."""
+    from pipeline import preparation
     from pipeline.sources import open_source
 
     p = ctx.params.prepare
     n, d = p.synthetic.n_samples, p.synthetic.n_features
     source = open_source(p.source, p.label, p.features, n, d, p.seed, p.positive)
-    meta = data.prepare_dir(out, source, p.test_size, p.seed, p.standardize, p.missing)
+    meta = preparation.prepare_dir(prepared_dir, source, p.test_size, p.seed, p.standardize, p.missing)
     if meta["dropped_rows"]:
         click.echo(f"dropped {meta['dropped_rows']} rows with a missing feature or label (prepare.missing: drop)")
     click.echo(
         f"prepared {meta['n_train']} train / {meta['n_test']} {meta['evaluated_on']} rows, "
-        f"{len(meta['features'])} features from {source.origin} -> {out} (sha256 {meta['sha256'][:12]})"
+        f"{len(meta['features'])} features from {source.origin} -> {prepared_dir} (sha256 {meta['sha256'][:12]})"
     )
     return meta

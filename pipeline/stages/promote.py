@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pipeline import store
-from pipeline.stages import Context
-from pipeline.stages.records import elsewhere
+from pipeline.records import elsewhere
+from pipeline.store import connection, registry
+from pipeline.workspace import Context
 
 
 def execute(ctx: Context, version: str, reason: str) -> None:
@@ -14,15 +14,15 @@ def execute(ctx: Context, version: str, reason: str) -> None:
     if not reason.strip():
         raise ValueError("--reason must say why (it is recorded in the alias history)")
     name = ctx.params.register.model_name
-    client = store.client(ctx.uri)
+    client = connection.connect(ctx.uri)
     try:
-        target = store.model_version(client, name, version)
+        target = registry.model_version(client, name, version)
     except ValueError as exc:
         raise ValueError(f"{exc} in the store {ctx.uri}{elsewhere(ctx)}") from None
     evidence = {"manual": True, "run_id": target.run_id}
-    with store.registry_lock(client, ctx.uri, name):  # not between a registration's decision and its move
-        before = store.move_alias(client, ctx.uri, name, store.CHAMPION, str(target.version), reason, evidence)
+    with registry.registry_lock(client, ctx.uri, name):  # not between a registration's decision and its move
+        before = registry.move_alias(client, ctx.uri, name, registry.CHAMPION, str(target.version), reason, evidence)
     if before == str(target.version):
-        click.echo(f"{name} v{target.version} is already @{store.CHAMPION}; nothing moved")
+        click.echo(f"{name} v{target.version} is already @{registry.CHAMPION}; nothing moved")
         return
-    click.echo(f"{name} @{store.CHAMPION}: v{before or '-'} -> v{target.version} (by {store.user()}: {reason})")
+    click.echo(f"{name} @{registry.CHAMPION}: v{before or '-'} -> v{target.version} (by {registry.user()}: {reason})")

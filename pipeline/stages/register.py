@@ -3,43 +3,44 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from pipeline import files, gate, store
-from pipeline.stages import Context, splits
-from pipeline.stages.records import mark_recorded, training_runs
+from pipeline import files, gate
+from pipeline.records import mark_recorded, splits, training_runs
+from pipeline.reporting import registration_line
+from pipeline.store import connection, registry, runs
+from pipeline.workspace import Context
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from pipeline.data import Prepared
+    from pipeline.dataset import Prepared
 
 
-def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path, metrics_path: Path, out: Path) -> None:
+def execute(
+    ctx: Context, prepared_dir: Path, model_path: Path, run_info_path: Path, metrics_path: Path, out: Path
+) -> None:
     """One version per distinct checkpoint; @challenger on every new one, @champion through the gate.
 
     A version's gate decision is written once, when the version is registered (its `gate.*` tags); an
     execution that registers the same checkpoint again records its own decision in its own run and adds
     a record to the model's history, naming the version it reused.
     """
-    from pipeline import data, serving
+    from pipeline import dataset, serving
 
     p = ctx.params.register
-    meta = data.read_meta(data_dir)
-    prepared = data.load_prepared(data_dir)  # memory-mapped: nothing is read until a model is scored
+    meta = dataset.read_meta(prepared_dir)
+    prepared = dataset.load_prepared(prepared_dir)  # memory-mapped: nothing is read until a model is scored
     results = files.read_json(metrics_path)
     checkpoint = model_path.read_bytes()
-    client = store.client(ctx.uri)
+    client = connection.connect(ctx.uri)
     parent, run = training_runs(ctx, client, run_info_path, model_path)
     _, eval_split = splits(meta)
-    sha = store.fingerprint(checkpoint, serving.SERVING_CONFIG)
-    with store.running(client, run, parent), store.registry_lock(client, ctx.uri, p.model_name):  # one step
-        version = store.find_version(client, p.model_name, sha)
+    sha = registry.fingerprint(checkpoint, serving.SERVING_CONFIG)
+    with connection.running(client, run, parent), registry.registry_lock(client, ctx.uri, p.model_name):  # one step
+        version = registry.find_version(client, p.model_name, sha)
         new = version is None
         if new:
             version = _register(ctx, client, run, prepared, model_path, results, eval_split, sha)
@@ -48,26 +49,32 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
         number = str(version.version)
         decision = _decide(ctx, client, number, results, prepared, model_path)
         record = {"version": number, "run_id": run.run_id, "new_version": new, **asdict(decision)}
-        store.log_files(client, run.run_id, {"gate/decision.json": json.dumps(record, indent=2).encode()})
+        runs.log_files(client, run.run_id, {"gate/decision.json": json.dumps(record, indent=2).encode()})
         summary_tags = _summary_tags(decision, run.run_id)
         reused = {
             "registered_model": p.model_name,
             "registered_version": number,
             "version_reused": str(not new).lower(),
         }
-        store.set_tags(client, run.run_id, {**summary_tags, **{f"pipeline.{k}": v for k, v in reused.items()}})
+        runs.set_tags(client, run.run_id, {**summary_tags, **{f"pipeline.{k}": v for k, v in reused.items()}})
         if "gate.decision" not in version.tags:  # the version's own evidence: written once, when first decided
-            store.set_version_tags(client, p.model_name, number, summary_tags)
+            registry.set_version_tags(client, p.model_name, number, summary_tags)
         if not new:
             why = f"run {run.run_id} registered the checkpoint of v{number} again: {decision.reason}"
-            store.record_history(client, ctx.uri, p.model_name, {"reused": number, "reason": why,
+            registry.record_history(client, ctx.uri, p.model_name, {"reused": number, "reason": why,
                                  "evidence": _evidence(decision, run.run_id)})  # fmt: skip
         if decision.promote:
-            store.move_alias(
-                client, ctx.uri, p.model_name, store.CHAMPION, number, decision.reason, _evidence(decision, run.run_id)
+            registry.move_alias(
+                client,
+                ctx.uri,
+                p.model_name,
+                registry.CHAMPION,
+                number,
+                decision.reason,
+                _evidence(decision, run.run_id),
             )
-        summary = {**summary_of(client, p.model_name, number, new, asdict(decision)), "decision_run_id": run.run_id}
-        summary["store"] = ctx.store_id
+        summary = registry.version_summary(client, p.model_name, number, new, asdict(decision))
+        summary.update(decision_run_id=run.run_id, store=ctx.store_id)
         files.write_json(out, summary)
         mark_recorded(ctx, "register")
     click.echo(registration_line(summary))
@@ -76,62 +83,65 @@ def execute(ctx: Context, data_dir: Path, model_path: Path, run_info_path: Path,
 def _register(
     ctx: Context,
     client: Any,
-    run: store.RunRef,
+    run: connection.RunRef,
     prepared: Prepared,
     model_path: Path,
     results: dict,
-    eval_split: store.Split,
+    eval_split: runs.Split,
     sha: str,
 ) -> Any:
     """Log the pyfunc (its metrics: the evaluation's), register a version and point @challenger at it."""
-    from pipeline import data, serving
+    from pipeline import dataset, serving
 
-    example = data.raw_rows(prepared, prepared.X_test[:5])  # what a client sends: raw features
+    example = dataset.raw_rows(prepared, prepared.X_test[:5])  # what a client sends: raw features
     spec = serving.pyfunc_spec(model_path, prepared.features, example, serving.SERVING_CONFIG)
     eval_metrics = {f"eval_{k}": v for k, v in results["model"].items()}
-    model_id = store.log_model(client, run, spec, ctx.params.knobs(), eval_metrics, eval_split)
+    model_id = registry.log_model(client, run, spec, ctx.params.knobs(), eval_metrics, eval_split)
     name = ctx.params.register.model_name
-    version = store.register(client, name, model_id, {store.SHA_TAG: sha, "pipeline.data_sha256": prepared.sha256})
-    store.move_alias(client, ctx.uri, name, store.CHALLENGER, version.version, f"new version from run {run.run_id}")
+    version = registry.register(
+        client, name, model_id, {registry.SHA_TAG: sha, "pipeline.data_sha256": prepared.sha256}
+    )
+    registry.move_alias(
+        client, ctx.uri, name, registry.CHALLENGER, version.version, f"new version from run {run.run_id}"
+    )
     return version
 
 
 def _repair_challenger(ctx: Context, client: Any, version: str) -> None:
     """Point @challenger at `version` if it is newer than @challenger's: a registration killed before moving it."""
     name = ctx.params.register.model_name
-    challenger = store.alias_version(client, name, store.CHALLENGER)
+    challenger = registry.alias_version(client, name, registry.CHALLENGER)
     if challenger is None or int(challenger.version) < int(version):
         why = f"v{version} was registered but never made challenger (its registration was cut short)"
-        store.move_alias(client, ctx.uri, name, store.CHALLENGER, version, why)
+        registry.move_alias(client, ctx.uri, name, registry.CHALLENGER, version, why)
 
 
 def _decide(
     ctx: Context, client: Any, version: str, results: dict, prepared: Prepared, model_path: Path
 ) -> gate.Decision:
     """Gate `version`: against the baseline always, and against the champion re-scored on the same rows."""
-    from pipeline.model import load_checkpoint, score_prepared
+    from pipeline.scoring import FeatureMismatch, score_checkpoint, score_version
 
     p = ctx.params.register
     model, baseline = results["model"][p.metric], results["baseline"][p.metric]
-    champion = store.alias_version(client, p.model_name, store.CHAMPION)
+    champion = registry.alias_version(client, p.model_name, registry.CHAMPION)
     if champion is None:
         return gate.decide(p.metric, model, baseline, p.tolerance)
     if str(champion.version) == version:
         why = f"v{version} is already the champion"
         return gate.Decision(True, why, p.metric, model, baseline, p.tolerance, champion_version=version)
-    scored = score_version(client, p.model_name, str(champion.version), prepared)
-    if scored is None:
+    try:
+        champion_scores = score_version(client, p.model_name, str(champion.version), prepared)
+    except FeatureMismatch:
         why = (
             f"champion v{champion.version} takes other features than this data's: not comparable; "
             "register models for this data under another register.model_name"
         )
         return gate.Decision(False, why, p.metric, model, baseline, p.tolerance, champion_version=str(champion.version))
-    champion_p, champion_threshold = scored
-    network, config = load_checkpoint(model_path)
-    challenger = score_prepared(network, config, prepared)
-    thresholds = (config.threshold, champion_threshold)
+    challenger = score_checkpoint(model_path, prepared)
+    thresholds = (challenger.threshold, champion_scores.threshold)
     evidence = gate.paired_evidence(
-        p.metric, prepared.y_test, challenger, champion_p, thresholds, p.level, p.resamples, p.seed
+        p.metric, prepared.y_test, challenger.proba, champion_scores.proba, thresholds, p.level, p.resamples, p.seed
     )
     return gate.decide(p.metric, model, baseline, p.tolerance, evidence, str(champion.version))
 
@@ -167,40 +177,3 @@ def _summary_tags(decision: gate.Decision, run_id: str) -> dict[str, str]:
             }
         )
     return tags
-
-
-def summary_of(client: Any, name: str, version: str, new: bool | None, decision: dict[str, Any]) -> dict[str, Any]:
-    """A version, its aliases now and a gate decision about it (what models/registered.json records)."""
-    current = store.model_version(client, name, version)
-    return {
-        "name": name,
-        "version": int(current.version),
-        "new_version": new,
-        "aliases": sorted(current.aliases),
-        "model_uri": f"models:/{name}/{current.version}",
-        "run_id": current.run_id,
-        "model_sha256": current.tags.get(store.SHA_TAG),
-        "decision": decision,
-    }
-
-
-def registration_line(summary: dict[str, Any]) -> str:
-    """One sentence on what the registry now holds."""
-    aliases = ", ".join(f"@{a}" for a in summary["aliases"]) or "no aliases"
-    new = summary["new_version"]  # None: not about an execution (the report)
-    state = "" if new is None else "new version; " if new else "unchanged model, existing version; "
-    return (
-        f"{summary['name']} v{summary['version']} ({state}{aliases}): "
-        f"{'champion' if summary['decision']['promote'] else 'not champion'}: {summary['decision']['reason']}"
-    )
-
-
-def score_version(client: Any, name: str, version: str, prepared: Prepared) -> tuple[np.ndarray, float] | None:
-    """A registered version's probabilities on the evaluation rows and its threshold; None: other features."""
-    from pipeline.model import load_checkpoint, score_prepared
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model, config = load_checkpoint(store.checkpoint_path(client, name, version, Path(tmp)))
-    if config.features != prepared.features:
-        return None
-    return score_prepared(model, config, prepared), config.threshold

@@ -8,11 +8,12 @@ from typing import Any
 
 import click
 
-from pipeline import files, store
-from pipeline.stages import FAMILIES, Context, Paths
-from pipeline.stages.evaluate import comparison_table
-from pipeline.stages.records import elsewhere
-from pipeline.stages.register import registration_line, score_version, summary_of
+from pipeline import files
+from pipeline.lineage import FAMILIES
+from pipeline.records import elsewhere
+from pipeline.reporting import comparison_table, registration_line
+from pipeline.store import connection, registry, runs
+from pipeline.workspace import Context, Paths
 
 
 def execute(ctx: Context, paths: Paths) -> None:
@@ -21,30 +22,30 @@ def execute(ctx: Context, paths: Paths) -> None:
     This workspace's version is the one the store registered for its model (found by the model's
     fingerprint, whichever execution registered it), with the gate decision made when it was registered.
     """
-    from pipeline import data, figures, reporting, serving
+    from pipeline import dataset, figures, reporting, serving
 
     results = files.read_json(paths.metrics)
     tables = {name: files.read_json(paths.plots / f"{name}.json") for name in figures.TABLES}
     ours = figures.from_tables(tables)
-    meta = data.read_meta(paths.prepared)
-    client = store.client(ctx.uri)
+    meta = dataset.read_meta(paths.prepared)
+    client = connection.connect(ctx.uri)
     name = ctx.params.register.model_name
-    found = store.find_version(client, name, store.fingerprint(paths.model.read_bytes(), serving.SERVING_CONFIG))
+    found = registry.find_version(client, name, registry.fingerprint(paths.model.read_bytes(), serving.SERVING_CONFIG))
     if found is None:
         raise ValueError(
             f"{paths.model}: the store {ctx.uri} has no version of {name} for this model"
             + elsewhere(ctx, "; `make run` (or `dvc repro`) registers it there")
         )
     version = str(found.version)
-    decision = store.version_decision(client, name, version)
+    decision = registry.version_decision(client, name, version)
     if decision is None:
         raise ValueError(
             f"{name} v{version} has no gate decision (its registration was cut short): `dvc repro -f register`"
         )
-    summary = summary_of(client, name, version, None, decision)
+    summary = registry.version_summary(client, name, version, None, decision)
     notes: list[str] = []
-    champion = store.alias_version(client, name, store.CHAMPION)
-    challenger = store.alias_version(client, name, store.CHALLENGER)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    challenger = registry.alias_version(client, name, registry.CHALLENGER)
     if challenger is not None and str(challenger.version) != version:
         notes.append(f"@challenger is now v{challenger.version}, registered since; this report is about v{version}")
     columns, curves = [], {}
@@ -57,12 +58,12 @@ def execute(ctx: Context, paths: Paths) -> None:
             notes.append(f"champion v{champion.version} takes other features: it cannot be scored on this data")
         else:
             label = f"champion v{champion.version}"
-            columns.append(reporting.Column(label, store.run_name(client, champion.run_id), rescored[0]))
+            columns.append(reporting.Column(label, runs.run_name(client, champion.run_id), rescored[0]))
             curves[label] = rescored[1]
             params_diff = _params_diff(client, champion.run_id, summary["run_id"])
     same = champion is not None and str(champion.version) == version
     label = f"challenger v{version}" + (" = champion" if same else "")
-    columns.append(reporting.Column(label, store.run_name(client, summary["run_id"]), results["model"]))
+    columns.append(reporting.Column(label, runs.run_name(client, summary["run_id"]), results["model"]))
     curves[label] = ours[FAMILIES["model"]]
     columns.append(reporting.Column("baseline", FAMILIES["baseline"], results["baseline"]))
     curves["baseline"] = ours[FAMILIES["baseline"]]
@@ -93,18 +94,19 @@ def execute(ctx: Context, paths: Paths) -> None:
 def _rescore(client: Any, name: str, version: str, prepared_dir: Path) -> tuple[dict[str, float], Any] | None:
     """A version's metrics and curves on this workspace's evaluation rows; None if it takes other features."""
     from pipeline import metrics
-    from pipeline.data import load_prepared
+    from pipeline.dataset import load_prepared
+    from pipeline.scoring import FeatureMismatch, score_version
 
     prepared = load_prepared(prepared_dir)
-    scored = score_version(client, name, version, prepared)
-    if scored is None:
+    try:
+        scores = score_version(client, name, version, prepared)
+    except FeatureMismatch:
         return None
-    proba, threshold = scored
-    return metrics.evaluation(prepared.y_test, proba, threshold)
+    return metrics.evaluation(prepared.y_test, scores.proba, scores.threshold)
 
 
 def _params_diff(client: Any, champion_run: str, challenger_run: str) -> list[tuple[str, str, str]]:
     """The params whose values differ between the champion's run and the challenger's."""
-    old, new = store.run_params(client, champion_run), store.run_params(client, challenger_run)
+    old, new = runs.run_params(client, champion_run), runs.run_params(client, challenger_run)
     keys = sorted(set(old) | set(new))
     return [(k, old.get(k, "-"), new.get(k, "-")) for k in keys if old.get(k) != new.get(k)]

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import click
 
-from pipeline import store
-from pipeline.stages import Context
-from pipeline.stages.records import elsewhere
+from pipeline.records import elsewhere
+from pipeline.store import connection, registry
+from pipeline.workspace import Context
 
 
 def execute(
     ctx: Context, model_uri: str, host: str, port: int, workers: int, device: str | None, max_request_mb: float | None
 ) -> None:
     """Describe the model, then replace this process with `mlflow models serve` (this store, this venv's uvicorn)."""
-    client = store.client(ctx.uri)
-    with store.absent_as_error(f"model {model_uri}", ctx.uri, elsewhere(ctx)):
+    client = connection.connect(ctx.uri)
+    with connection.absent_as_error(f"model {model_uri}", ctx.uri, elsewhere(ctx)):
         click.echo(describe(client, model_uri, host, port), err=True)
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` starts `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.uri, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
@@ -38,7 +38,7 @@ def execute(
 
 def describe(client: object, model_uri: str, host: str, port: int) -> str:
     """Which model and version, its input columns, and a request to paste, built from its own input example."""
-    served = store.describe_model(client, model_uri)
+    served = registry.describe_model(client, model_uri)
     example = json.dumps(served["example"], separators=(",", ":"))
     columns = ", ".join(f"{name} ({kind})" for name, kind in served["inputs"])
     return "\n".join(

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from pipeline import files, store
-from pipeline.stages import Context, workspace
-from pipeline.stages.records import PENDING, RECORDING_STAGES
+from pipeline import files
+from pipeline.records import PENDING, RECORDING_STAGES
+from pipeline.store import runs
+from pipeline.workspace import Context, workspace
 
 
 def execute(ctx: Context, out: Path) -> None:
@@ -37,4 +38,4 @@ def _holds_training_run(ctx: Context) -> bool:
     if not model.exists():
         return False
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
-    return store.holds_checkpoint(ctx.uri, ctx.params.mlflow.experiment, sha)
+    return runs.holds_checkpoint(ctx.uri, ctx.params.mlflow.experiment, sha)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from pipeline import store
-from pipeline.stages import Context
+from pipeline.store import connection
+from pipeline.workspace import Context
 
 # MLflow 3's UI opens in its GenAI mode (traces, tokens, cost) unless the page asks for the other one.
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
@@ -18,7 +18,7 @@ RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
 
 def execute(ctx: Context, host: str, port: int) -> None:
     """Say where the runs are; then replace this process with `mlflow ui` on a local store (a server has its own)."""
-    client = store.client(ctx.uri)
+    client = connection.connect(ctx.uri)
     experiment = client.get_experiment_by_name(ctx.params.mlflow.experiment)
     view = RUNS_VIEW.format(id=experiment.experiment_id) if experiment else "#/experiments"
     if ctx.uri.startswith(("http://", "https://")):

@@ -8,15 +8,13 @@ import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from pipeline.params import apply_overrides, flatten, read_tree
 
-if TYPE_CHECKING:
-    from pipeline.stages import Context
-
+FAMILIES = {"model": "BinaryClassifier", "baseline": "LogisticRegression"}  # a run's family: its name
 MAX_LABEL = 160  # run names stay readable in the runs table
 VERSIONED = ("torch", "mlflow", "scikit-learn", "numpy", "dvc")
 
@@ -66,20 +64,24 @@ def _git(cwd: Path, *args: str) -> str | None:
     return out.stdout
 
 
-def lineage(ctx: Context) -> Lineage:
-    """Read git and DVC's experiment variables; diff the effective params against the baseline revision's file."""
+def lineage(
+    params_path: Path, overrides: tuple[str, ...], env: dict[str, str], root: Path, outputs: list[Path]
+) -> Lineage:
+    """Read git and DVC's experiment variables; diff the effective params against the baseline revision's file.
+
+    `outputs`: the pipeline's output folders, whose changes do not make the checkout dirty.
+    """
     cwd = Path.cwd()
-    exp_name, baseline = ctx.env.get("DVC_EXP_NAME"), ctx.env.get("DVC_EXP_BASELINE_REV")
+    exp_name, baseline = env.get("DVC_EXP_NAME"), env.get("DVC_EXP_BASELINE_REV")
     head = _git(cwd, "rev-parse", "HEAD")
     commit = baseline or (head.strip() if head else None)
-    outputs = [ctx.paths.prepared, ctx.paths.model.parent, ctx.paths.metrics.parent, ctx.paths.plots]
     # Paths relative to the root: the same under `dvc exp run --temp`, whose workspace is a copy of it.
-    excluded = [f":(exclude){_relative(p, ctx.root)}" for p in outputs] + [":(exclude)dvc.lock"]
+    excluded = [f":(exclude){relative_to(p, root)}" for p in outputs] + [":(exclude)dvc.lock"]
     status = _git(cwd, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
     top = (_git(cwd, "rev-parse", "--show-toplevel") or str(cwd)).strip()
-    relative = _relative(ctx.params_path.resolve(), top)
+    relative = relative_to(params_path.resolve(), top)
     committed = _git(cwd, "show", f"{commit or 'HEAD'}:{relative}")
-    current = flatten(apply_overrides(read_tree(ctx.params_path), ctx.overrides))
+    current = flatten(apply_overrides(read_tree(params_path), overrides))
     changed: dict[str, Any] = {}
     if committed is not None:
         try:
@@ -90,7 +92,8 @@ def lineage(ctx: Context) -> Lineage:
     return Lineage(commit, None if status is None else bool(status.strip()), exp_name, baseline, changed)
 
 
-def _relative(path: Path, base: Path | str) -> str:
+def relative_to(path: Path, base: Path | str) -> str:
+    """`path` relative to `base` (both resolved), or as given when it lies outside."""
     try:
         return str(Path(path).resolve().relative_to(Path(base).resolve()))
     except ValueError:
@@ -119,24 +122,4 @@ def versions() -> dict[str, str]:
             tags[f"pipeline.version.{name}"] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return tags
-
-
-def run_tags(ctx: Context, family: str, data_sha256: str) -> dict[str, str]:
-    """Tags for a run of this execution: family, data, lineage, DVC input hashes, versions and seeds."""
-    from pipeline import store
-
-    tags = {
-        **store.context_tags(ctx.source_name()),
-        **ctx.lineage.tags(),
-        **versions(),
-        store.FAMILY_TAG: family,
-        "pipeline.data_sha256": data_sha256,
-        "pipeline.seed.prepare": str(ctx.params.prepare.seed),
-        "pipeline.seed.train": str(ctx.params.train.seed),
-    }
-    if ctx.env.get("DVC_STAGE"):
-        tags["dvc.stage"] = ctx.env["DVC_STAGE"]
-        inputs = {_relative(p, ctx.root) for p in (ctx.paths.raw, ctx.paths.prepared)}
-        tags.update(dvc_hashes(Path.cwd() / "dvc.lock", inputs))
     return tags

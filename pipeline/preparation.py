@@ -1,4 +1,4 @@
-"""The prepare stage's data path: validate streamed rows, split, standardise, write memory-mappable arrays.
+"""The prepare stage's computation: validate streamed rows, split, standardise, write the prepared dataset.
 
 Rows stream from pipeline.sources in chunks into a .npy file on disk, so a table of any size is
 held in memory at most once (as the page cache of that file), never as a Python or pandas copy.
@@ -13,37 +13,13 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from pipeline import files
+from pipeline import dataset, files
 from pipeline.sources import CHUNK_ROWS, Chunk, Source
 from pipeline.tables import TableError
-
-__all__ = [
-    "Prepared", "TableError", "array_path", "load_prepared", "prepare_dir", "raw_rows", "read_meta", "read_rows",
-    "scale_rows",
-]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The prepared splits (memory-mapped), their features, and the standardisation they were written with."""
-
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
-    features: tuple[str, ...]
-    label: str
-    source: str
-    evaluated_on: str  # "test", or "train" when test_size is 0 (the tutorial)
-    mean: tuple[float, ...] | None  # X = (raw - mean) / scale; None: X holds the raw features
-    scale: tuple[float, ...] | None
-    sha256: str = ""
 
 
 def check_chunk(chunk: Chunk, source: Source, missing: str) -> tuple[Chunk, int]:
@@ -113,8 +89,8 @@ class NpyWriter:
 
     Each write goes to the file on a thread of its own while the caller hashes the rows and moves on (one
     write in flight: the rows given must not change until the next write or close). Writing into fresh page
-    cache is mostly page faults on these VMs, hashing is CPU; overlapped, with np.compress for the split's
-    row selection, prepare of 5M x 100 Parquet took a median 5.1 s instead of 6.4 (8 runs each, interleaved).
+    cache is mostly page faults on these VMs, hashing is CPU: overlapped (with np.compress for the split's
+    row selection), they take about the time of the slower one (benchmarks/pipeline_scale.py times prepare).
     """
 
     HEADER_BYTES = 128
@@ -172,8 +148,7 @@ class Moments:
     Sums of x - K and (x - K)^2 around a shift K (the first block's mean): K keeps the squares free of
     cancellation whatever the columns' offsets. Each run of GROUP_ROWS rows is summed in float32 and the
     runs' sums are accumulated in float64: within float32 rounding of float64 sums throughout, in numpy's
-    fixed order (the same bits on any CPU), at twice the speed of casting every block to float64 to sum it
-    (3.5 against 1.9 GB/s here; that was 5.7 s of prepare at 10M x 100 on two busy cores).
+    fixed order (the same bits on any CPU), at about twice the speed of casting every block to float64 to sum it.
     """
 
     GROUP_ROWS = 32  # float32 runs this long stay within a few float32 ulps; longer ones were no faster
@@ -212,14 +187,6 @@ class Moments:
         return (self.shift + offset).astype(np.float32).tolist(), scale.tolist()
 
 
-def _npy_shape(fh: BinaryIO) -> tuple[int, int]:
-    """The (rows, columns) of a 2-D .npy, read from its header; `fh` is left at the first row."""
-    fmt = np.lib.format
-    read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
-    (n, d), _, _ = read_header(fh)
-    return n, d
-
-
 def scale_rows(X: np.ndarray, mean: list[float], scale: list[float], out: np.ndarray | None = None) -> np.ndarray:
     """(X - mean) / scale in float32, into `out` if given."""
     out = np.subtract(X, np.asarray(mean, dtype=np.float32), out=out, dtype=np.float32)
@@ -229,12 +196,12 @@ def scale_rows(X: np.ndarray, mean: list[float], scale: list[float], out: np.nda
 def scale_file(path: Path, mean: list[float], scale: list[float]) -> None:
     """Standardise a float32 .npy in place by plain reads and writes (no memory map), a range of rows per core.
 
-    Over the page cache prepare has just written: 1.2 s for 3.2 GB here on two threads (1.6 s on one), where
-    evaluate's scaled copy of the same rows cost 8.7 s (fresh memory, faulted in page by page on these VMs).
+    Over the page cache prepare has just written, where a scaled copy of the same rows (what evaluate once made)
+    is fresh memory, faulted in page by page on these VMs, at several times the cost.
     numpy and the reads and writes release the GIL; each thread reuses one block buffer.
     """
     with path.open("r+b", buffering=0) as fh:
-        n, d = _npy_shape(fh)
+        n, d = dataset.npy_shape(fh)
         offset, fd = fh.tell(), fh.fileno()
 
         def rows(lo: int, hi: int) -> None:
@@ -249,21 +216,6 @@ def scale_file(path: Path, mean: list[float], scale: list[float]) -> None:
         bounds = [n * i // workers for i in range(workers + 1)]
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(rows, bounds[:-1], bounds[1:]))  # list(): a thread's error is raised here
-
-
-def raw_rows(prepared: Prepared, X: np.ndarray) -> np.ndarray:
-    """Prepared rows back as raw features, in float64 (within float32 rounding of the source's values)."""
-    X = np.asarray(X, dtype=np.float64)
-    return X if prepared.mean is None else X * np.asarray(prepared.scale) + np.asarray(prepared.mean)
-
-
-def read_rows(path: Path) -> Iterator[np.ndarray]:
-    """The rows of a float32 .npy, CHUNK_ROWS at a time, by plain reads (no memory map to grow RSS)."""
-    with path.open("rb") as fh:
-        n, d = _npy_shape(fh)
-        for start in range(0, n, CHUNK_ROWS):
-            rows = min(CHUNK_ROWS, n - start)
-            yield np.fromfile(fh, dtype=np.float32, count=rows * d).reshape(rows, d)
 
 
 def _digest(meta: dict, arrays: dict[str, bytes]) -> str:
@@ -358,13 +310,13 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
             # in X_train.npy itself: X is written once (at most plus the test split), never whole and again split.
             is_test = np.zeros(y.shape[0], dtype=bool)
             is_test[test_idx] = True
-            blocks = checked_rows(source, y) if streamed else read_rows(tmp / "X_train.npy")
+            blocks = checked_rows(source, y) if streamed else dataset.read_rows(tmp / "X_train.npy")
             digests = write_split(tmp, d, blocks, is_test, moments if standardize else None, in_place=not streamed)
             np.save(tmp / "y_test.npy", y[test_idx])
             digests["y_test"] = hashlib.sha256(y[test_idx]).digest()
         else:  # the tutorial: evaluate on the training rows, stored once
             digests = {"X_train": everything}
-            for block in read_rows(tmp / "X_train.npy") if standardize else ():
+            for block in dataset.read_rows(tmp / "X_train.npy") if standardize else ():
                 moments.add(block)
         np.save(tmp / "y_train.npy", y[train_idx])
         digests["y_train"] = hashlib.sha256(y[train_idx]).digest()
@@ -388,39 +340,3 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
 
     files.write_dir(out, fill)
     return meta
-
-
-_ARRAYS = ("X_train", "y_train", "X_test", "y_test")
-
-
-def read_meta(directory: str | Path) -> dict:
-    """meta.json alone (features, split, scaling, sha256) without loading the arrays."""
-    return files.read_json(Path(directory) / "meta.json")
-
-
-def array_path(directory: Path, name: str, evaluated_on: str) -> Path:
-    """The file holding one of X_train, y_train, X_test, y_test (the train split's when test_size was 0)."""
-    if name.endswith("_test") and evaluated_on == "train":
-        name = f"{name[:-5]}_train"
-    return directory / f"{name}.npy"
-
-
-def load_prepared(directory: str | Path) -> Prepared:
-    """Map what prepare_dir wrote: copy-on-write memory maps, so nothing is read until used.
-
-    mmap_mode="c" gives writable views (torch.from_numpy takes them without a warning or a copy);
-    writes, which nothing here does, would stay private to this process.
-    """
-    directory = Path(directory)
-    meta = read_meta(directory)
-    arrays = {name: np.load(array_path(directory, name, meta["evaluated_on"]), mmap_mode="c") for name in _ARRAYS}
-    return Prepared(
-        **arrays,
-        features=tuple(meta["features"]),
-        label=meta["label"],
-        source=meta["source"],
-        evaluated_on=meta["evaluated_on"],
-        mean=None if meta["mean"] is None else tuple(meta["mean"]),
-        scale=None if meta["scale"] is None else tuple(meta["scale"]),
-        sha256=meta["sha256"],
-    )

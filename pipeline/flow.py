@@ -1,11 +1,12 @@
-"""run: every stage in order in this process (what `mlflow run .` calls)."""
+"""The pipeline as one command: every stage in dvc.yaml's order, in this process (`run`, what `mlflow run .` calls)."""
 
 from __future__ import annotations
 
-from pipeline.stages import Context, Paths, evaluate, prepare, register, train
+from pipeline.stages import evaluate, prepare, register, train
+from pipeline.workspace import Context, Paths
 
 
-def execute(ctx: Context, paths: Paths) -> None:
+def run(ctx: Context, paths: Paths) -> None:
     """prepare, train, evaluate and register with these paths."""
     prepare.execute(ctx, paths.prepared)
     train.execute(ctx, paths.prepared, paths.model, paths.history, paths.run_info)

@@ -1,4 +1,4 @@
-"""Batch scoring: CSV or Parquet in, probability and label out, in chunks with bounded memory."""
+"""Batch scoring (the predict command's computation): CSV or Parquet in, probability and label out, in chunks."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def score_file(
     """Score every row of `source` into `out` (atomically) with score(float32 columns) -> (probability, label).
 
     Arrow record batches all the way: pandas' frames and MLflow's per-column schema checks cost more than
-    the scoring (measured at 1M x 100: 2.0 s of frame checks against 0.3 s of scoring); the checks are the
+    the scoring several times over (benchmarks/serving.py measures batch scoring); the checks are the
     shared validator's, so a bad cell gets the words prepare and the server give it. Returns the row count.
     """
     needed = list(dict.fromkeys([*keep, *features]))
@@ -114,7 +114,7 @@ def _parquet_writer(path: Path) -> Iterator[Callable[[Any], None]]:
     def write(table: Any) -> None:
         if not writers:
             # Not a dictionary of probabilities: pyarrow tries one on each block's distinct floats and gives it up,
-            # which took 0.62 s of writing 10M rows instead of 0.25, for a file 24% larger.
+            # which more than doubles the time of writing, for a larger file.
             encoded = [name for name in table.schema.names if name != "probability"]
             writers.append(pq.ParquetWriter(path, table.schema, use_dictionary=encoded))
         writers[0].write_table(table)

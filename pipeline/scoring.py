@@ -1,0 +1,103 @@
+"""Scoring on prepared rows: a checkpoint or a registered version, and both models side by side (evaluate's)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.lineage import FAMILIES
+from pipeline.store import registry
+
+if TYPE_CHECKING:
+    from pipeline.dataset import Prepared
+    from pipeline.params import BaselineParams
+
+
+class FeatureMismatch(ValueError):
+    """A model that takes other features than the prepared data's."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's probabilities on the evaluation rows, and the threshold it labels them with."""
+
+    proba: np.ndarray
+    threshold: float
+
+
+def score_checkpoint(path: Path, prepared: Prepared) -> Scores:
+    """A checkpoint's probabilities on the prepared evaluation rows, as it would give them on the raw rows.
+
+    The one place that checks a model's features against the data's: FeatureMismatch when they differ.
+    """
+    from pipeline.model import load_checkpoint, score_prepared
+
+    model, config = load_checkpoint(path)
+    if config.features != prepared.features:
+        raise FeatureMismatch(f"{path}: model features {config.features} != prepared {prepared.features}")
+    return Scores(score_prepared(model, config, prepared), config.threshold)
+
+
+def score_version(client: Any, name: str, version: str, prepared: Prepared) -> Scores:
+    """score_checkpoint of a registered version's checkpoint (downloaded from the store)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return score_checkpoint(registry.checkpoint_path(client, name, version, Path(tmp)), prepared)
+
+
+@dataclass(frozen=True)
+class Compared:
+    """Both models' metrics and curves on the evaluation split, and the baseline's fit on the train split."""
+
+    metrics: dict[str, dict[str, float]]  # {"model": {...}, "baseline": {...}}
+    curves: dict[str, Any]  # family name -> metrics.Curves
+    baseline_fit: dict[str, float]  # the baseline's cost and accuracy on its training rows
+    rows: int
+
+
+def compare(prepared_dir: Path, model_path: Path, params: BaselineParams) -> Compared:
+    """BinaryClassifier and scikit-learn's baseline scored on the evaluation split (evaluate's child process).
+
+    The baseline fits on the prepared train split itself (standardised by prepare where asked; scikit-learn
+    has no scaling of its own): no scaled copy. scikit-learn fits float32 as it is (lbfgs included: no
+    float64 copy).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import sklearn.linear_model  # noqa: F401  before torch: see below
+
+    from pipeline import dataset, metrics
+
+    prepared = dataset.load_prepared(prepared_dir)
+    y = prepared.y_test
+
+    def ours() -> tuple[Scores, tuple[dict[str, float], Any]]:
+        scores = score_checkpoint(model_path, prepared)
+        return scores, metrics.evaluation(y, scores.proba, scores.threshold)
+
+    # BinaryClassifier on a thread while scikit-learn fits, torch's import included, so that it no longer
+    # delays the fit: the fit's BLAS and numpy's sorts and sums release the GIL. A model for other features is
+    # refused after the fit.
+    with ThreadPoolExecutor(1) as pool:
+        scored = pool.submit(ours)
+        baseline = metrics.fit_baseline(prepared.X_train, prepared.y_train, params)
+        test_proba = metrics.baseline_proba(baseline, prepared.X_test)
+        model_scores, model_results = scored.result()  # its threshold labels the baseline's rows too
+        threshold = model_scores.threshold
+        fitted = pool.submit(  # the baseline's cost on its train rows beside its evaluation: a core each
+            lambda: metrics.cost_and_accuracy(
+                prepared.y_train, metrics.baseline_proba(baseline, prepared.X_train), threshold
+            )
+        )
+        theirs = metrics.evaluation(y, test_proba, threshold)
+        cost, accuracy = fitted.result()
+    results = {"model": model_results, "baseline": theirs}
+    return Compared(
+        {k: metrics.recorded(r[0]) for k, r in results.items()},
+        {FAMILIES[k]: r[1] for k, r in results.items()},
+        {"cost": cost, "accuracy": accuracy},
+        int(y.shape[0]),
+    )

@@ -1,11 +1,15 @@
-"""Wall time of `dvc repro --force` on the tutorial in a temp copy of the project, store already created.
+"""Where `dvc repro` spends its time on the tutorial, against the tutorial's own script, in a temp copy of the project.
 
-Prints the first run (which creates the store), the forced re-runs and a no-op run, and, last,
-`repro_s: X`, the median forced re-run (goal <= 12 s on the 2-core machine). Run from the project's venv.
+Prints, measured in one run: `dvc repro --force` and the bare tutorial script (benchmarks/tutorial.py: python,
+torch, the 1000-epoch loop, its prints) run alternately, a no-op `dvc repro`, and per stage (its dvc.lock
+command run alone, as DVC runs it) the wall time split into interpreter start and exit, imports by package,
+store work by kind, compute and the rest (benchmarks/profile_stage.py). Medians of REPEATS runs. Last line:
+`ratio_to_bare: X` (dvc repro --force / the bare script; goal <= 2.5 on the 2-core machine). Run from the venv.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -13,34 +17,66 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import clean_env, project_copy
+import yaml
+from common import REPO, clean_env, project_copy
 
 REPEATS = 3
+HERE = Path(__file__).resolve().parent
+COLUMNS = (
+    "start+exit", "import torch", "import mlflow", "import scikit-learn", "import matplotlib", "import pyarrow",
+    "import pandas", "import numpy", "import pipeline", "import other", "store: opening", "store: run creation",
+    "store: logging", "store: artifacts", "store: model logging", "store: registry", "compute: waiting for the child",
+    "compute", "figures", "other",
+)  # fmt: skip
 
 
-def sh(args: list[str], cwd: Path, env: dict[str, str]) -> None:
+def timed(args: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Wall seconds of one command, which must succeed."""
+    start = time.perf_counter()
     subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return time.perf_counter() - start
+
+
+def profile(root: Path, env: dict[str, str], stage: str, cmd: str, out: Path) -> dict[str, float]:
+    """One stage's command run alone under profile_stage.py: its wall time by category."""
+    args = cmd.split()
+    assert args[:3] == ["python", "-m", "pipeline"], cmd
+    stage_env = {**env, "DVC_STAGE": stage, "DVC_ROOT": str(root)}
+    wall = timed([sys.executable, str(HERE / "profile_stage.py"), str(out), *args[3:]], root, stage_env)
+    inside = json.loads(out.read_text())
+    return {"wall": wall, "start+exit": wall - inside["wall"], **inside["spent"]}
 
 
 def main() -> None:
-    bin_dir = Path(sys.executable).parent
+    dvc, python = str(Path(sys.executable).parent / "dvc"), sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         root, env = project_copy(Path(tmp) / "project", extra=("data/raw",)), clean_env()
-        start = time.perf_counter()
-        sh([str(bin_dir / "dvc"), "repro"], root, env)  # creates the sqlite store (migrations, once)
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            sh([str(bin_dir / "dvc"), "repro", "--force"], root, env)
-            times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        sh([str(bin_dir / "dvc"), "repro"], root, env)
-        noop = time.perf_counter() - start
-    print(f"first dvc repro (creates the store): {first:6.1f} s")
-    print(f"dvc repro --force, {REPEATS} runs:        {', '.join(f'{t:.1f}' for t in times)} s")
-    print(f"no-op dvc repro:                     {noop:6.2f} s")
-    print(f"repro_s: {statistics.median(times):.1f}")
+        first = timed([dvc, "repro"], root, env)  # creates the sqlite store (migrations, once)
+        bare, forced = [], []
+        for _ in range(REPEATS):  # alternately: both see the same machine
+            bare.append(timed([python, str(REPO / "benchmarks" / "tutorial.py")], root, env))
+            forced.append(timed([dvc, "repro", "--force"], root, env))
+        noop = statistics.median(timed([dvc, "repro"], root, env) for _ in range(REPEATS))
+        commands = {k: v["cmd"] for k, v in yaml.safe_load((root / "dvc.lock").read_text())["stages"].items()}
+        runs: dict[str, list[dict[str, float]]] = {stage: [] for stage in commands}
+        for i in range(REPEATS):
+            for stage, cmd in commands.items():
+                runs[stage].append(profile(root, env, stage, cmd, Path(tmp) / f"{stage}-{i}.json"))
+    print(f"first dvc repro (creates the store): {first:6.2f} s")
+    print(f"dvc repro --force: {', '.join(f'{t:.2f}' for t in forced)} s; bare tutorial script: "
+          f"{', '.join(f'{t:.2f}' for t in bare)} s")  # fmt: skip
+    print(f"no-op dvc repro: {noop:.2f} s (median of {REPEATS})")
+    print(f"\nper stage, run alone (median of {REPEATS}, seconds; a category is exclusive of those inside it):")
+    shown = [c for c in COLUMNS if any(r.get(c, 0) >= 0.005 for rs in runs.values() for r in rs)]
+    width = max(map(len, shown))
+    print(f"{'':<{width}} " + " ".join(f"{stage:>9}" for stage in runs))
+    for column in ("wall", *shown):
+        cells = [statistics.median(r.get(column, 0.0) for r in rs) for rs in runs.values()]
+        print(f"{column:<{width}} " + " ".join(f"{c:9.2f}" for c in cells))
+    print(f"\nrepro_s: {statistics.median(forced):.2f}")
+    print(f"bare_s: {statistics.median(bare):.2f}")
+    print(f"noop_s: {noop:.2f}")
+    print(f"ratio_to_bare: {statistics.median(forced) / statistics.median(bare):.2f}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ COMPUTE = {  # module: {function: category}
     "pipeline.preparation": {"prepare_dir": "compute"},
     "pipeline.scoring": {"score_checkpoint": "compute"},
     "pipeline.gate": {"paired_evidence": "compute"},
-    "pipeline.figures": {"render": "figures", "warm_up": "figures"},
+    "pipeline.figures": {"render": "figures"},
 }
 
 

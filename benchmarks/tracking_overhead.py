@@ -29,7 +29,7 @@ from pipeline.devices import Rank
 from pipeline.fitting import fit
 from pipeline.params import load_params
 from pipeline.sources import open_source
-from pipeline.stages.train import log_chunk
+from pipeline.stages.train import log_chunks
 from pipeline.store import connection, runs
 from pipeline.training import train
 
@@ -106,7 +106,7 @@ def main() -> None:
             run_id = client.create_run(exp_id).info.run_id
             with quiet_stdout():
                 fitted = InChild(fit, prepared, params.train, Rank(0, 1, 0), stream=True).result(
-                    lambda chunk: log_chunk(client, run_id, chunk)
+                    lambda chunks: log_chunks(client, run_id, chunks)
                 )
             persisted = time.monotonic()
             assert len(client.get_metric_history(run_id, "accuracy")) == params.train.epochs + 1

@@ -17,7 +17,7 @@ class InChild:
 
     A small stage is dominated by imports (torch, sklearn, mlflow) and opening the store; on two cores
     overlapping them takes about one import's time off each of train and evaluate.
-    With stream=True, fn gets a first argument `emit`: what it emits reaches result()'s on_item
+    With stream=True, fn gets a first argument `emit`: what it emits reaches result()'s on_items
     while fn goes on, so training metrics are persisted on the other core as they come.
     """
 
@@ -39,15 +39,26 @@ class InChild:
             self._process.kill()
         self._process.join(timeout=5)
 
-    def result(self, on_item: Callable[[Any], None] | None = None) -> Any:
-        """The function's return value, or its exception raised here; emitted items go to on_item."""
+    def result(self, on_items: Callable[[list[Any]], None] | None = None) -> Any:
+        """The function's return value, or its exception raised here; emitted items go to on_items.
+
+        on_items gets every item that has arrived since its last call, in order: one call for many items
+        when they come faster than it handles them.
+        """
         try:
             while True:
                 kind, value = self._conn.recv()
-                if kind != "item":
+                items = []
+                while kind == "item":
+                    items.append(value)
+                    if not self._conn.poll():
+                        kind = None
+                        break
+                    kind, value = self._conn.recv()
+                if items and on_items is not None:
+                    on_items(items)
+                if kind is not None:
                     break
-                if on_item is not None:
-                    on_item(value)
         except EOFError:
             self._process.join()
             raise RuntimeError(f"the {self._name} process died (exit code {self._process.exitcode})") from None

@@ -64,11 +64,6 @@ def from_tables(data: dict[str, list[dict[str, Any]]]) -> dict[str, Curves]:
     return result
 
 
-def warm_up() -> None:
-    """Import matplotlib's object API now, e.g. while another process computes what to draw."""
-    _figure()
-
-
 def _figure(width: float = 4.8, height: float = 4.0) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

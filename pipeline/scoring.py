@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,9 +58,18 @@ class Compared:
     baseline_fit: dict[str, float]  # the baseline's cost and accuracy on its training rows
     rows: int
 
+    def by_name(self) -> dict[str, dict[str, float]]:
+        """The metrics by model name, as figures label them."""
+        return {FAMILIES[k]: v for k, v in self.metrics.items()}
 
-def compare(prepared_dir: Path, model_path: Path, params: BaselineParams) -> Compared:
+
+def compare(
+    emit: Callable[[Compared], None], prepared_dir: Path, model_path: Path, params: BaselineParams
+) -> dict[str, dict[str, bytes]]:
     """BinaryClassifier and scikit-learn's baseline scored on the evaluation split (evaluate's child process).
+
+    Emits the scores as soon as they are known, then draws each model's own figures and returns them by family
+    ("model", "baseline"): the parent draws the overlaid ones meanwhile, on the other core.
 
     The baseline fits on the prepared train split itself (standardised by prepare where asked; scikit-learn
     has no scaling of its own): no scaled copy. scikit-learn fits float32 as it is (lbfgs included: no
@@ -69,7 +79,7 @@ def compare(prepared_dir: Path, model_path: Path, params: BaselineParams) -> Com
 
     import sklearn.linear_model  # noqa: F401  before torch: see below
 
-    from pipeline import dataset, metrics
+    from pipeline import dataset, figures, metrics
 
     prepared = dataset.load_prepared(prepared_dir)
     y = prepared.y_test
@@ -95,9 +105,12 @@ def compare(prepared_dir: Path, model_path: Path, params: BaselineParams) -> Com
         theirs = metrics.evaluation(y, test_proba, threshold)
         cost, accuracy = fitted.result()
     results = {"model": model_results, "baseline": theirs}
-    return Compared(
+    compared = Compared(
         {k: metrics.recorded(r[0]) for k, r in results.items()},
         {FAMILIES[k]: r[1] for k, r in results.items()},
         {"cost": cost, "accuracy": accuracy},
         int(y.shape[0]),
     )
+    emit(compared)
+    by_name = compared.by_name()  # each run's own curves: the UI's Compare shows them side by side
+    return {f: figures.render({n: compared.curves[n]}, by_name, compared.rows) for f, n in FAMILIES.items()}

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from pipeline.model import BinaryClassifier, ModelConfig, load_checkpoint, predict_proba, predict_proba_columns
 from pipeline.tables import TableError, feature_matrix
+
+if TYPE_CHECKING:  # torch and pandas load with the model: register and report read SERVING_CONFIG without them
+    import pandas as pd
+
+    from pipeline.model import BinaryClassifier, ModelConfig
 
 # How a registered model serves unless told otherwise (MLflow's model_config: SERVING_MODEL_CONFIG or
 # `pipeline serve --device/--max-request-mb` override it): on the CPU even on a CUDA host, bodies to 16 MiB.
@@ -33,6 +36,8 @@ class Scorer:
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame | list[dict]:
         """One row per input row: `probability` of class 1 and `label` at the model's threshold."""
+        import pandas as pd
+
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         try:
             X = feature_matrix(frame, self.config.features)
@@ -51,10 +56,14 @@ class Scorer:
 
     def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probability of class 1 (float64) and label (int64) per row of checked feature values."""
+        from pipeline.model import predict_proba
+
         return self._labelled(predict_proba(self.model, self.config, X))
 
     def score_columns(self, columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """score() of rows given as checked float32 columns, one per feature (batch scoring's columnar input)."""
+        from pipeline.model import predict_proba_columns
+
         return self._labelled(predict_proba_columns(self.model, self.config, columns))
 
     def _labelled(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +77,8 @@ class Scorer:
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> Scorer:
     """MLflow's loader_module entry point; model_config comes from register (overridable when loading)."""
     settings = model_config or {}
+    from pipeline.model import load_checkpoint
+
     model, config = load_checkpoint(data_path)
     device = settings.get("device", "cpu")  # CPU unless asked, even on a CUDA host
     if device != "cpu":

@@ -56,13 +56,18 @@ def test_evaluate_scores_both_models_and_refuses_a_model_for_other_features(tmp_
     prepared(tutorial, tmp_path / "prep")
     params, model = BaselineParams(C=1.0, max_iter=1000, solver="lbfgs"), tmp_path / "model.pt"
     model.write_bytes(checkpoint_bytes(BinaryClassifier(2), ModelConfig(2, ("x1", "x2"), 0.5)))
-    scored = compare(tmp_path / "prep", model, params)
+    emitted = []
+    figures = compare(emitted.append, tmp_path / "prep", model, params)
+    (scored,) = emitted
+    assert set(figures) == set(FAMILIES) and all(
+        png.startswith(b"\x89PNG") for f in figures.values() for png in f.values()
+    )
     assert scored.rows == 6 and scored.metrics["baseline"]["accuracy"] == 1.0
     assert set(scored.metrics) == set(FAMILIES) and set(scored.curves) == set(FAMILIES.values())
     # found on the scoring thread, raised once the baseline's fit is done
     model.write_bytes(checkpoint_bytes(BinaryClassifier(2), ModelConfig(2, ("x2", "x1"), 0.5)))
     with pytest.raises(ValueError, match=re.escape(f"{model}: model features ('x2', 'x1') != prepared")):
-        compare(tmp_path / "prep", model, params)
+        compare(emitted.append, tmp_path / "prep", model, params)
 
 
 def test_project_root_anchoring(tmp_path):

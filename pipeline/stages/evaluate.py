@@ -22,7 +22,8 @@ def execute(
     """Both models scored on the same split; metrics to both runs and a JSON file, curves to DVC and MLflow."""
     from pipeline import dataset, figures, scoring
 
-    with InChild(scoring.compare, prepared_dir, model_path, ctx.params.evaluate.baseline) as comparing:
+    baseline_params = ctx.params.evaluate.baseline
+    with InChild(scoring.compare, prepared_dir, model_path, baseline_params, stream=True) as comparing:
         meta = dataset.read_meta(prepared_dir)
         client = connection.connect(ctx.uri)
         parent, model_run = training_runs(ctx, client, run_info_path, model_path)
@@ -33,21 +34,27 @@ def execute(
         baseline_run = runs.create_child(client, parent, name, tags)
         both = {"model": model_run, "baseline": baseline_run}
         with connection.running(client, baseline_run, parent):
-            runs.log_params(client, baseline_run.run_id, ctx.params.knobs())
+            dropped = {"dropped_rows": meta.get("dropped_rows", 0)}
+            runs.log_params(client, baseline_run.run_id, ctx.params.knobs(), dropped)
             runs.log_datasets(client, baseline_run.run_id, list(dict.fromkeys([train_split, eval_split])))
-            runs.log_metrics(client, baseline_run.run_id, {"dropped_rows": meta.get("dropped_rows", 0)})
-            figures.warm_up()  # while the child still loads torch and scikit-learn
-            scored = comparing.result()
+            scores: list[scoring.Compared] = []
+
+            def record(emitted: list[scoring.Compared]) -> None:
+                """The scores, while the child draws each model's own figures: metrics, and the overlaid figures."""
+                (scored,) = emitted
+                scores.append(scored)
+                for family, run in both.items():
+                    eval_metrics = {f"eval_{k}": v for k, v in scored.metrics[family].items()}
+                    runs.log_metrics(client, run.run_id, eval_metrics, split=eval_split)
+                    runs.set_tags(client, run.run_id, {"pipeline.evaluated_on": meta["evaluated_on"]})
+                runs.log_metrics(client, baseline_run.run_id, scored.baseline_fit, split=train_split)
+                overlaid = figures.render(scored.curves, scored.by_name(), scored.rows)
+                runs.log_files(client, parent.run_id, overlaid)
+
+            own = comparing.result(record)
+            (scored,) = scores
             for family, run in both.items():
-                eval_metrics = {f"eval_{k}": v for k, v in scored.metrics[family].items()}
-                runs.log_metrics(client, run.run_id, eval_metrics, split=eval_split)
-                runs.set_tags(client, run.run_id, {"pipeline.evaluated_on": meta["evaluated_on"]})
-            runs.log_metrics(client, baseline_run.run_id, scored.baseline_fit, split=train_split)
-            by_name = {FAMILIES[k]: v for k, v in scored.metrics.items()}
-            runs.log_files(client, parent.run_id, figures.render(scored.curves, by_name, scored.rows))
-            for family, run in both.items():  # each child's own curves: Compare shows them side by side
-                name = FAMILIES[family]
-                runs.log_files(client, run.run_id, figures.render({name: scored.curves[name]}, by_name, scored.rows))
+                runs.log_files(client, run.run_id, own[family])
             with interrupts.deferred():  # written last and together: a failed stage leaves the old ones
                 files.write_json(metrics_path, scored.metrics)
                 for table, rows in figures.tables(scored.curves).items():

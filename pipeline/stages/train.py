@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from pipeline import files, interrupts
 from pipeline.child import InChild
@@ -18,9 +19,10 @@ from pipeline.store import connection, runs
 from pipeline.workspace import Context
 
 
-def log_chunk(client: Any, run_id: str, chunk: HistoryChunk) -> None:
-    """Persist one chunk of training history (step = epoch)."""
-    runs.log_history(client, run_id, {"cost": chunk.cost, "accuracy": chunk.accuracy}, chunk.first)
+def log_chunks(client: Any, run_id: str, chunks: list[HistoryChunk]) -> None:
+    """Persist consecutive chunks of training history (step = epoch) in as few batches as they fill."""
+    series = {name: np.concatenate([getattr(c, name) for c in chunks]) for name in ("cost", "accuracy")}
+    runs.log_history(client, run_id, series, chunks[0].first)
 
 
 def execute(ctx: Context, prepared_dir: Path, model_path: Path, history_path: Path, run_info_path: Path) -> None:
@@ -46,14 +48,13 @@ def execute(ctx: Context, prepared_dir: Path, model_path: Path, history_path: Pa
         run = runs.create_child(client, parent, f"{FAMILIES['model']} · {name}", tags)
         with connection.running(client, run, parent):
             for run_id in (parent.run_id, run.run_id):
-                runs.log_params(client, run_id, p.knobs())
+                runs.log_params(client, run_id, p.knobs(), {"dropped_rows": meta.get("dropped_rows", 0)})
                 runs.log_datasets(client, run_id, list(dict.fromkeys(splits(meta))))
-                runs.log_metrics(client, run_id, {"dropped_rows": meta.get("dropped_rows", 0)})  # prepare.missing
-            fitted = fitting.result(lambda chunk: log_chunk(client, run.run_id, chunk))
-            for run_id in (parent.run_id, run.run_id):  # the device `auto` resolved to
-                runs.set_tags(client, run_id, {"pipeline.device": fitted.device})
+            fitted = fitting.result(lambda chunks: log_chunks(client, run.run_id, chunks))
             sha = hashlib.sha256(fitted.checkpoint).hexdigest()
-            runs.set_tags(client, run.run_id, {runs.CHECKPOINT_TAG: sha})  # how later stages find this run
+            runs.set_tags(client, parent.run_id, {"pipeline.device": fitted.device})  # what `auto` resolved to
+            # The checkpoint's hash: how later stages find this run.
+            runs.set_tags(client, run.run_id, {"pipeline.device": fitted.device, runs.CHECKPOINT_TAG: sha})
             pairs = zip(fitted.cost.tolist(), fitted.accuracy.tolist(), strict=True)
             rows = "".join(f"{i},{c!r},{a!r}\n" for i, (c, a) in enumerate(pairs))
             info = {"store": ctx.store_id, "checkpoint_sha256": sha, "experiment_id": run.experiment_id,

@@ -234,8 +234,9 @@ def running(mlflow_client: MlflowClient, *runs: RunRef) -> Iterator[None]:
     """
     with holding(mlflow_client):  # every run taken over, or none (a signal raises only after the block)
         for run in runs:
+            created_here = run.run_id in _OPEN  # RUNNING already, and tagged with this process as its owner
             _OPEN[run.run_id] = (mlflow_client, run)
-            if run.owned:
+            if run.owned and not created_here:
                 mlflow_client.log_batch(run.run_id, tags=as_tags(owner_tags()))
                 mlflow_client.update_run(run.run_id, status="RUNNING")
     try:

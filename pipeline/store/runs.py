@@ -201,15 +201,19 @@ def run_name(mlflow_client: MlflowClient, run_id: str) -> str:
     return mlflow_client.get_run(run_id).info.run_name or run_id
 
 
-def log_params(mlflow_client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    """All params in one call, written as params.yaml would hold them (null, lists as JSON)."""
-    from mlflow.entities import Param
+def log_params(
+    mlflow_client: MlflowClient, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float] | None = None
+) -> None:
+    """All params in one call, written as params.yaml would hold them (null, lists as JSON), with `metrics` if given."""
+    from mlflow.entities import Metric, Param
 
     def text(value: Any) -> str:
         value = "null" if value is None else json.dumps(value) if isinstance(value, list) else str(value)
         return value[:MAX_PARAM_VALUE]
 
-    mlflow_client.log_batch(run_id, params=[Param(k, text(v)) for k, v in params.items()])
+    now = int(time.time() * 1000)
+    scalars = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+    mlflow_client.log_batch(run_id, params=[Param(k, text(v)) for k, v in params.items()], metrics=scalars)
 
 
 def set_tags(mlflow_client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:

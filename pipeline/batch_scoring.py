@@ -15,6 +15,7 @@ from pipeline.tables import (
     Block,
     check_file,
     csv_header,
+    dataset_files,
     file_format,
     float32_columns,
     parquet_metadata,
@@ -25,19 +26,28 @@ from pipeline.tables import (
 
 @dataclass(frozen=True)
 class InputFile:
-    """An input file's columns and size for the progress bar."""
+    """What predict scores: one CSV or Parquet file, or a Parquet dataset's files in name order; size for a bar."""
 
     path: Path
     columns: tuple[str, ...]
     total: int
+    parts: tuple[Path, ...]  # the file itself, or the dataset's files
 
 
 def open_input(path: Path) -> InputFile:
-    """Read only the header or the Parquet footer: columns and size, no rows."""
-    if check_file(path) == "csv":
-        return InputFile(path, tuple(csv_header(path)), path.stat().st_size)
-    meta = parquet_metadata(path)
-    return InputFile(path, tuple(meta.schema.names), meta.num_rows)
+    """Read only the header or the Parquet footers: columns and size, no rows; a dataset's files must agree."""
+    parts = dataset_files(str(path))
+    if parts is None:
+        if check_file(path) == "csv":
+            return InputFile(path, tuple(csv_header(path)), path.stat().st_size, (path,))
+        meta = parquet_metadata(path)
+        return InputFile(path, tuple(meta.schema.names), meta.num_rows, (path,))
+    footers = [parquet_metadata(part) for part in parts]
+    columns = tuple(footers[0].schema.names)
+    for part, footer in zip(parts[1:], footers[1:], strict=True):
+        if tuple(footer.schema.names) != columns:
+            raise ValueError(f"{part}: columns {list(footer.schema.names)} differ from {parts[0]}'s {list(columns)}")
+    return InputFile(path, columns, sum(f.num_rows for f in footers), tuple(parts))
 
 
 def score_file(
@@ -47,30 +57,38 @@ def score_file(
     out: Path,
     rows: int,
     keep: tuple[str, ...] = (),
-    on_chunk: Callable[[Block], None] = lambda block: None,
+    on_chunk: Callable[[int], None] = lambda done: None,
 ) -> int:
     """Score every row of `source` into `out` (atomically) with score(float32 columns) -> (probability, label).
 
-    Arrow record batches all the way: pandas' frames and MLflow's per-column schema checks cost more than
-    the scoring several times over (benchmarks/serving.py measures batch scoring); the checks are the
-    shared validator's, so a bad cell gets the words prepare and the server give it. Returns the row count.
+    Rows come out in input order (a dataset's files in name order), in one file. Arrow record batches all the
+    way: pandas' frames and MLflow's per-column schema checks cost more than the scoring several times over
+    (benchmarks/serving.py measures batch scoring); the checks are the shared validator's, so a bad cell gets
+    the words prepare and the server give it, naming its file and row there. Returns the row count.
     """
     needed = list(dict.fromkeys([*keep, *features]))
     missing = [c for c in needed if c not in source.columns]
     if missing:
         raise ValueError(f"{source.path}: missing column(s) {missing}; the model takes {list(features)}")
     writer = _csv_writer if file_format(out) == "csv" else _parquet_writer
+    columns = list(features)
+
+    def checked() -> Iterator[tuple[Block, list[np.ndarray], int]]:
+        before = 0  # how far the reading is through the dataset's earlier files
+        for part in source.parts:  # the reader prepare uses, the features parsed as numbers
+            done = 0
+            for block in read_blocks(part, list(source.columns), needed, columns, rows, {}):
+                done = block.done
+                yield block, float32_columns(block.batch, columns, str(part), block.first_row), before + done
+            before += done
+
     n = 0
     with files.replacing(out) as tmp, writer(tmp) as write:
-        # The reader prepare uses, the features parsed as numbers; the next block read while this one is scored.
-        columns, where = list(features), str(source.path)
-        blocks = read_blocks(source.path, list(source.columns), needed, columns, rows, {})
-        checked = ((b, float32_columns(b.batch, columns, where, b.first_row)) for b in blocks)
-        for block, values in read_ahead(checked):
+        for block, values, done in read_ahead(checked()):  # the next block read while this one is scored
             proba, label = score(values)
             write(_outputs(block.batch.select(list(keep)), proba, label))
             n += len(proba)
-            on_chunk(block)
+            on_chunk(done)
         if n == 0:  # still a valid file, with the columns a reader expects
             write(_outputs(_empty(keep), np.empty(0), np.empty(0, dtype=np.int64)))
     return n

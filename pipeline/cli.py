@@ -78,7 +78,10 @@ def _path(ctx: Context, key: str, given: str | None) -> Path:
 
 @click.group()
 def main() -> None:
-    """BinaryClassifier pipeline: tracking, prepare, train, evaluate, register (`run`: all); report, predict, serve."""
+    """BinaryClassifier pipeline: tracking, prepare, train, evaluate, register (`run`: all); and the rest.
+
+    report, promote, history, predict, serve; ui (MLflow's UI) and server (a team's tracking server).
+    """
 
 
 @main.command()
@@ -213,7 +216,10 @@ def history(ctx: Context) -> None:
 @main.command()
 @command
 @click.option("--model", "model_uri", default=None, help="MLflow model URI [default: models:/<name>@champion]")
-@click.option("--input", "input_path", required=True, type=click.Path(), help="CSV or Parquet file to score")
+@click.option(
+    "--input", "input_path", required=True, type=click.Path(),
+    help="CSV or Parquet file to score, or a folder or glob of Parquet files (one table, files in name order)",
+)  # fmt: skip
 @click.option("--output", "output_path", required=True, type=click.Path(), help="CSV or Parquet file to write")
 @click.option("--keep", multiple=True, metavar="COLUMN", help="Input column to copy to the output (e.g. an id).")
 @click.option("--batch-rows", default=100_000, show_default=True, type=click.IntRange(min=1), help="Rows per chunk.")

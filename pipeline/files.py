@@ -8,6 +8,7 @@ the next write to the same target removes those whose process is gone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -59,10 +60,24 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: put it straight back (once per process)
+    os.umask(mask)
+    return mask
+
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    """A temp file beside `path` with the mode an ordinary new file gets (mkstemp gives 0600: owner only)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes to a temp file beside `path`, fsync, then rename over it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -99,6 +114,7 @@ def write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     """Build a directory in a temp sibling with `fill`, then swap it in place of `path`."""
     path = Path(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
+    tmp.chmod(0o777 & ~_umask())  # as an ordinary new folder (mkdtemp's is 0700: owner only)
     old = path.with_name(f".{path.name}.old")
     try:
         fill(tmp)
@@ -116,7 +132,7 @@ def write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
 def replacing(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path` to write; it replaces `path` only if the block succeeds."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
+    fd, name = _temp_file(path)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -31,7 +31,7 @@ def check_chunk(chunk: Chunk, source: Source, missing: str) -> tuple[Chunk, int]
     if not_binary.size:
         i = not_binary[0]
         raise TableError(
-            f"{source.origin}, row {chunk.first_row + i}, column {source.label!r}: "
+            f"{chunk.where or source.origin}, row {chunk.first_row + i}, column {source.label!r}: "
             f"label must be 0 or 1, got {chunk.y[i]:g} (or set prepare.positive to the value that means 1)"
         )
     bad, no_label = ~np.isfinite(chunk.X), np.isnan(chunk.y)
@@ -41,14 +41,14 @@ def check_chunk(chunk: Chunk, source: Source, missing: str) -> tuple[Chunk, int]
     refused = rows if missing == "error" else np.isinf(chunk.X).any(axis=1)  # infinity is a value, not a gap
     if refused.any():
         i = int(np.argmax(refused))
-        where = f"{source.origin}, row {chunk.first_row + i}"
+        where = f"{chunk.where or source.origin}, row {chunk.first_row + i}"
         hint = " (prepare.missing: drop drops such rows)" if missing == "error" else ""
         if not bad[i].any():
             raise TableError(f"{where}, column {source.label!r}: missing label{hint}")
         j = int(np.argmax(bad[i]))
         hint = "" if np.isinf(chunk.X[i, j]) else hint
         raise TableError(f"{where}, column {source.features[j]!r}: missing, NaN or infinite value{hint}")
-    return Chunk(chunk.X[~rows], chunk.y[~rows], chunk.first_row), int(rows.sum())
+    return Chunk(chunk.X[~rows], chunk.y[~rows], chunk.first_row, chunk.where), int(rows.sum())
 
 
 def check_labels(y: np.ndarray, source: Source) -> None:
@@ -245,7 +245,8 @@ def checked_rows(source: Source, y: np.ndarray) -> Iterator[np.ndarray]:
     for chunk in source.chunks():
         kept, _ = check_chunk(chunk, source, "error")
         if not np.array_equal(kept.y, y[start : start + kept.y.shape[0]]):
-            raise TableError(f"{source.origin}: changed while it was read (labels from row {chunk.first_row} differ)")
+            where = chunk.where or source.origin
+            raise TableError(f"{where}: changed while it was read (labels from row {chunk.first_row} differ)")
         start += kept.y.shape[0]
         yield kept.X
     if start != y.shape[0]:

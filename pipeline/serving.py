@@ -1,7 +1,8 @@
 """The served model: MLflow's pyfunc loader module (Scorer, _load_pyfunc) and how register logs it (pyfunc_spec).
 
 Pickle-free: MLflow imports this module (shipped in the model's code/ folder) and calls
-_load_pyfunc with the checkpoint, which is read with torch.load(weights_only=True).
+_load_pyfunc with the checkpoint, which is read with torch.load(weights_only=True). Every registered model
+records this module's name (loader_module): a process that imported this package loads those models with it.
 """
 
 from __future__ import annotations

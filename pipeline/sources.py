@@ -16,6 +16,7 @@ from pipeline.tables import (
     check_file,
     check_header,
     csv_header,
+    dataset_files,
     file_format,
     float32_rows,
     parquet_metadata,
@@ -36,6 +37,7 @@ class Chunk:
     X: np.ndarray
     y: np.ndarray
     first_row: int
+    where: str = ""  # the file the rows are from, when the source is several files ("": the source itself)
 
 
 @dataclass(frozen=True)
@@ -61,17 +63,26 @@ def open_source(
     seed: int,
     positive: str | None,
 ) -> Source:
-    """A CSV or Parquet path, `synthetic`, or a bundled scikit-learn dataset; `positive`: the label value meaning 1."""
+    """A CSV or Parquet file, a Parquet dataset (a folder or glob of files), `synthetic`, or a bundled dataset.
+
+    `positive`: the label value meaning 1.
+    """
     if positive is not None and source in (SYNTHETIC, *BUILTIN_SOURCES):
         raise TableError(f"prepare.positive: {source}'s labels are 0/1 already; set it for CSV or Parquet sources")
     if source == SYNTHETIC:
         return synthetic(n_samples, n_features, seed, label)
     if source in BUILTIN_SOURCES:
         return builtin(source, label)
+    parts = dataset_files(source)
+    if parts is not None:
+        return parquet_dataset(source, parts, label, features, positive)
     path = Path(source)
     if path.suffix.lower() not in FORMATS:
         known = ", ".join((*BUILTIN_SOURCES, SYNTHETIC))
-        raise TableError(f"{path}: prepare.source must be a .csv or .parquet file, or one of {known}")
+        raise TableError(
+            f"{path}: prepare.source must be a .csv or .parquet file, a folder or glob of .parquet files, "
+            f"or one of {known}"
+        )
     read = csv_source if check_file(path) == "csv" else parquet_source
     return read(path, label, features, positive)
 
@@ -108,7 +119,7 @@ def _file_source(path: Path, header: list[str], chosen: tuple[str, ...], label: 
         for block in read_blocks(path, header, [label, *chosen], numbers, rows, hints):
             y = _labels(block.batch.column(label), positive)
             X = float32_rows(block.batch, list(chosen), str(path), block.first_row)  # NaN: missing
-            yield Chunk(X, y, block.first_row)
+            yield Chunk(X, y, block.first_row, str(path))
 
     def chunks() -> Iterator[Chunk]:  # the next chunk parsed while prepare checks and writes this one
         return read_ahead(parsed())
@@ -148,6 +159,30 @@ def parquet_source(path: Path, label: str, features: list[str] | None, positive:
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or boolean_label):
             raise TableError(f"{path}, column {name!r}: not numeric ({kind})")
     return _file_source(path, header, chosen, label, positive)
+
+
+def parquet_dataset(
+    origin: str, parts: list[Path], label: str, features: list[str] | None, positive: str | None
+) -> Source:
+    """Several Parquet files as one table, files in name order: each read as parquet_source reads one file.
+
+    Every file must give the same feature columns; a row is named by its file and its row there.
+    """
+    sources = [parquet_source(part, label, features, positive) for part in parts]
+    for part, source in zip(parts[1:], sources[1:], strict=True):
+        if source.features != sources[0].features:
+            raise TableError(
+                f"{part}: feature columns {list(source.features)} differ from {parts[0]}'s {list(sources[0].features)}"
+            )
+
+    def chunks() -> Iterator[Chunk]:
+        for source in sources:
+            yield from source.chunks()
+
+    def labels() -> np.ndarray:
+        return np.concatenate([source.labels() for source in sources if source.labels is not None])
+
+    return Source(origin, label, sources[0].features, chunks, labels)
 
 
 # ---------------------------------------------------------------- generated and bundled

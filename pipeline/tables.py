@@ -6,6 +6,7 @@ A bad cell gets the same words wherever it is found: `<file or request>, row R, 
 from __future__ import annotations
 
 import csv
+import glob
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -71,6 +72,24 @@ def check_header(where: str, header: list[str]) -> list[str]:
     if len(set(header)) != len(header) or "" in header:
         raise TableError(f"{where}: header has empty or duplicate column names: {header}")
     return header
+
+
+def dataset_files(source: str) -> list[Path] | None:
+    """The files of a Parquet dataset in name order; None when `source` is neither a folder nor a glob.
+
+    A folder's .parquet files at any depth (as Spark, pandas and pyarrow write a partitioned table; hidden and
+    `_` files such as `_SUCCESS` left out), or those a glob matches.
+    """
+    path = Path(source)
+    if path.is_dir() and path.suffix.lower() != ".csv":  # Spark names a dataset's folder `<table>.parquet`
+        found = sorted(p for p in path.rglob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
+    elif glob.has_magic(source):
+        found = sorted(Path(p) for p in glob.glob(source, recursive=True) if p.lower().endswith(".parquet"))
+    else:
+        return None
+    if not found:
+        raise TableError(f"{source}: no .parquet file in this folder or glob")
+    return found
 
 
 def parquet_metadata(path: Path) -> Any:

@@ -364,3 +364,64 @@ def test_read_ahead_keeps_order_raises_at_the_failing_item_and_stops_early():
     assert [next(ahead), next(ahead)] == [0, 1]
     ahead.close()  # a consumer that stops early: the worker finishes the one item in flight and no more
     assert len(made) == 3
+
+
+def test_outputs_get_the_mode_of_ordinary_new_files(tmp_path):
+    """Atomic writes go through temp files (0600, 0700), yet what they leave is readable as any new file is."""
+    import os
+    import stat
+
+    from pipeline import files
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files.write_text(tmp_path / "a.json", "{}")
+    files.write_dir(tmp_path / "d", lambda folder: (folder / "x").write_text("1"))
+    with files.replacing(tmp_path / "r.bin") as tmp:
+        tmp.write_bytes(b"1")
+    mode = {p: stat.S_IMODE((tmp_path / p).stat().st_mode) for p in ("a.json", "d", "r.bin")}
+    assert mode == {"a.json": 0o666 & ~mask, "d": 0o777 & ~mask, "r.bin": 0o666 & ~mask}
+
+
+def test_a_folder_or_glob_of_parquet_files_is_one_table_in_name_order(tmp_path):
+    """A partitioned dataset prepares to the same arrays as one file holding its rows in file-name order."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(size=(3000, 4)).astype(np.float32), columns=["a", "b", "c", "d"])
+    frame["y"] = rng.integers(0, 2, 3000)
+    folder = tmp_path / "table"
+    (folder / "z=2").mkdir(parents=True)
+    frame.iloc[2100:].to_parquet(folder / "z=2" / "part-0.parquet")  # written out of name order: names decide
+    frame.iloc[:1200].to_parquet(folder / "part-0.parquet")
+    frame.iloc[1200:2100].to_parquet(folder / "part-1.parquet")
+    (folder / "_SUCCESS").write_text("")
+    frame.to_parquet(tmp_path / "whole.parquet")
+    wheres = {"whole": tmp_path / "whole.parquet", "folder": folder, "glob": folder / "**/*.parquet"}
+    for standardize in (False, True):
+        tables = {}
+        for name, where in wheres.items():
+            out = tmp_path / f"{name}-{standardize}"
+            meta = preparation.prepare_dir(out, source(str(where)), 0.25, 7, standardize, "error")
+            assert meta["source"] == str(where)
+            tables[name] = dataset.load_prepared(out)
+        for name in ("folder", "glob"):
+            for array in ("y_train", "y_test") if standardize else ("X_train", "y_train", "X_test", "y_test"):
+                assert np.array_equal(getattr(tables[name], array), getattr(tables["whole"], array)), (name, array)
+        if standardize:  # the moments sum the rows in blocks that end where the files do: float32 rounding apart
+            for name in ("folder", "glob"):
+                assert np.allclose(tables[name].X_train, tables["whole"].X_train, rtol=1e-5, atol=1e-6)
+                assert np.allclose(tables[name].mean, tables["whole"].mean, rtol=1e-6, atol=1e-7)
+
+
+def test_a_parquet_dataset_names_the_file_and_its_row(tmp_path):
+    folder = tmp_path / "table"
+    folder.mkdir()
+    good = pd.DataFrame({"a": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
+    good.to_parquet(folder / "0.parquet")
+    good.assign(y=[1, 0, 2]).to_parquet(folder / "1.parquet")
+    with pytest.raises(tables.TableError, match=r"1\.parquet, row 3, column 'y': label must be 0 or 1, got 2"):
+        prepared(source(str(folder)), tmp_path / "p")
+    good.rename(columns={"a": "b"}).to_parquet(folder / "1.parquet")
+    with pytest.raises(tables.TableError, match=r"1\.parquet: feature columns \['b'\] differ from .*0\.parquet's"):
+        source(str(folder))
+    with pytest.raises(tables.TableError, match="no .parquet file in this folder or glob"):
+        source(str(tmp_path / "nothing" / "*.parquet"))

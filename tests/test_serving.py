@@ -507,6 +507,37 @@ def test_batch_scoring_csv_and_parquet_in_chunks(registered, tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_batch_scoring_a_parquet_dataset_keeps_input_order_and_names_the_file(registered, tmp_path):
+    """A folder (or glob) of Parquet files is scored as one table, files in name order, into one output file."""
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 8, size=(40, 2))
+    frame = pd.DataFrame({"id": np.arange(40), "x1": X[:, 0], "x2": X[:, 1]})
+    folder = tmp_path / "table.parquet"  # as Spark names a dataset's folder
+    (folder / "z").mkdir(parents=True)
+    frame.iloc[30:].to_parquet(folder / "z" / "part-0.parquet")  # written first, read last: names decide
+    frame.iloc[:12].to_parquet(folder / "part-0.parquet")
+    frame.iloc[12:30].to_parquet(folder / "part-1.parquet")
+    expected = pipeline_proba(registered[0], X)
+    for source in (folder, folder / "**" / "*.parquet"):
+        out = tmp_path / "out.parquet"
+        result = predict_cli(
+            registered, "--input", str(source), "--output", str(out), "--keep", "id", "--batch-rows", "7"
+        )
+        assert result.exit_code == 0, result.output
+        assert "scored 40 rows" in result.output
+        scored = pd.read_parquet(out)
+        np.testing.assert_array_equal(scored["id"], np.arange(40))
+        np.testing.assert_array_equal(scored["probability"], expected)
+    bad = frame.iloc[12:30].copy()
+    bad.loc[bad.index[4], "x2"] = np.nan
+    bad.to_parquet(folder / "part-1.parquet")
+    result = predict_cli(registered, "--input", str(folder), "--output", str(tmp_path / "out.parquet"))
+    assert result.exit_code == 1 and "part-1.parquet, row 5, column 'x2': missing" in result.output
+    frame.iloc[12:30][["x1", "x2"]].to_parquet(folder / "part-1.parquet")
+    result = predict_cli(registered, "--input", str(folder), "--output", str(tmp_path / "out.parquet"))
+    assert result.exit_code == 1 and "part-1.parquet: columns ['x1', 'x2'] differ from" in result.output
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

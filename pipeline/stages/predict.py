@@ -42,7 +42,7 @@ def execute(
             output_path,
             batch_rows,
             keep,
-            on_chunk=lambda chunk: bar.update(chunk.done - bar.pos) if tty else None,
+            on_chunk=lambda done: bar.update(done - bar.pos) if tty else None,
         )
     seconds = time.perf_counter() - started
     click.echo(f"scored {n} rows with {model_uri} -> {output_path} in {seconds:.2f} s ({n / seconds:,.0f} rows/s)")

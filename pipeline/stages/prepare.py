@@ -20,8 +20,13 @@ def execute(ctx: Context, prepared_dir: Path) -> dict:
     meta = preparation.prepare_dir(prepared_dir, source, p.test_size, p.seed, p.standardize, p.missing)
     if meta["dropped_rows"]:
         click.echo(f"dropped {meta['dropped_rows']} rows with a missing feature or label (prepare.missing: drop)")
+    split = (
+        f"{meta['n_train']} train rows, evaluated on the same rows (prepare.test_size: 0)"
+        if meta["evaluated_on"] == "train"
+        else f"{meta['n_train']} train and {meta['n_test']} test rows"
+    )
     click.echo(
-        f"prepared {meta['n_train']} train / {meta['n_test']} {meta['evaluated_on']} rows, "
-        f"{len(meta['features'])} features from {source.origin} -> {prepared_dir} (sha256 {meta['sha256'][:12]})"
+        f"prepared {split}, {len(meta['features'])} features from {source.origin} -> {prepared_dir} "
+        f"(sha256 {meta['sha256'][:12]})"
     )
     return meta

@@ -29,7 +29,8 @@ def execute(ctx: Context, out: Path) -> None:
         for mark in marks:
             if not mark.exists() or mark.read_text() != PENDING:
                 files.write_text(mark, PENDING)
-        click.echo("this store does not hold the training run of the workspace's model: train, evaluate, register run")
+        click.echo("this store does not hold the run that trained the workspace's model: train, evaluate and register")
+        click.echo("will run (again) and record there")
 
 
 def _holds_training_run(ctx: Context) -> bool:

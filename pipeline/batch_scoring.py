@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,7 +13,6 @@ import numpy as np
 
 from pipeline import files
 from pipeline.tables import (
-    Block,
     check_file,
     csv_header,
     dataset_files,
@@ -50,8 +50,11 @@ def open_input(path: Path) -> InputFile:
     return InputFile(path, columns, sum(f.num_rows for f in footers), tuple(parts))
 
 
+Score = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]  # float32 columns -> (probability, label)
+
+
 def score_file(
-    score: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]],
+    score: Score,
     features: tuple[str, ...],
     source: InputFile,
     out: Path,
@@ -59,35 +62,119 @@ def score_file(
     keep: tuple[str, ...] = (),
     on_chunk: Callable[[int], None] = lambda done: None,
 ) -> int:
-    """Score every row of `source` into `out` (atomically) with score(float32 columns) -> (probability, label).
+    """Score every row of `source` into `out` (atomically) in this process, `rows` at a time.
 
     Rows come out in input order (a dataset's files in name order), in one file. Arrow record batches all the
     way: pandas' frames and MLflow's per-column schema checks cost more than the scoring several times over
     (benchmarks/serving.py measures batch scoring); the checks are the shared validator's, so a bad cell gets
     the words prepare and the server give it, naming its file and row there. Returns the row count.
     """
+    needed = _needed(source, features, keep)
+
+    def scored() -> Iterator[tuple[Any, int]]:
+        before = 0  # how far the reading is through the dataset's earlier files
+        for part in source.parts:
+            done = 0
+            for table, done in _scored_blocks(score, part, source.columns, needed, features, keep, rows):
+                yield table, before + done
+            before += done
+
+    return _write(out, keep, read_ahead(scored()), on_chunk)  # the next block read while this one is written
+
+
+def score_on_ray(
+    score: Score,
+    features: tuple[str, ...],
+    source: InputFile,
+    out: Path,
+    rows: int,
+    keep: tuple[str, ...],
+    workers: int,
+    on_chunk: Callable[[int], None] = lambda done: None,
+) -> int:
+    """score_file with each file of the input scored by a Ray task, `workers` at a time, written in input order.
+
+    A task reads its own file with the same reader and validator and scores it with the same `score`: the
+    same probabilities, bit for bit. Ray must be connected (pipeline.engines.ray_cluster).
+    """
+    import ray
+
+    needed = _needed(source, features, keep)
+    task, shared = ray.remote(_score_part), ray.put(score)
+    parts, pending = iter(source.parts), collections.deque()
+
+    def submit() -> None:
+        part = next(parts, None)
+        if part is not None:
+            pending.append(task.remote(shared, part, source.columns, needed, features, keep, rows))
+
+    def scored() -> Iterator[tuple[Any, int]]:
+        for _ in range(workers):
+            submit()
+        done = 0
+        while pending:
+            try:
+                table = ray.get(pending.popleft())
+            except ray.exceptions.RayTaskError as exc:  # a bad cell: its own message, not a remote traceback
+                for ref in pending:
+                    ray.cancel(ref)
+                raise exc.cause if isinstance(exc.cause, Exception) else exc from None
+            submit()
+            done += table.num_rows
+            yield table, done
+
+    return _write(out, keep, scored(), on_chunk)
+
+
+def _needed(source: InputFile, features: tuple[str, ...], keep: tuple[str, ...]) -> list[str]:
+    """The input columns scoring reads: those kept, then the model's features; all must be there."""
     needed = list(dict.fromkeys([*keep, *features]))
     missing = [c for c in needed if c not in source.columns]
     if missing:
         raise ValueError(f"{source.path}: missing column(s) {missing}; the model takes {list(features)}")
-    writer = _csv_writer if file_format(out) == "csv" else _parquet_writer
+    return needed
+
+
+def _scored_blocks(
+    score: Score,
+    part: Path,
+    header: tuple[str, ...],
+    needed: list[str],
+    features: tuple[str, ...],
+    keep: tuple[str, ...],
+    rows: int,
+) -> Iterator[tuple[Any, int]]:
+    """One file's outputs block by block, with how far its reading is: the one scoring path of both engines."""
     columns = list(features)
+    for block in read_blocks(part, list(header), needed, columns, rows, {}):  # features parsed as numbers
+        proba, label = score(float32_columns(block.batch, columns, str(part), block.first_row))
+        yield _outputs(block.batch.select(list(keep)), proba, label), block.done
 
-    def checked() -> Iterator[tuple[Block, list[np.ndarray], int]]:
-        before = 0  # how far the reading is through the dataset's earlier files
-        for part in source.parts:  # the reader prepare uses, the features parsed as numbers
-            done = 0
-            for block in read_blocks(part, list(source.columns), needed, columns, rows, {}):
-                done = block.done
-                yield block, float32_columns(block.batch, columns, str(part), block.first_row), before + done
-            before += done
 
+def _score_part(
+    score: Score,
+    part: Path,
+    header: tuple[str, ...],
+    needed: list[str],
+    features: tuple[str, ...],
+    keep: tuple[str, ...],
+    rows: int,
+) -> Any:
+    """A Ray task: one file's outputs as one Arrow table."""
+    import pyarrow as pa
+
+    tables = [table for table, _ in _scored_blocks(score, part, header, needed, features, keep, rows)]
+    return pa.concat_tables(tables) if tables else _outputs(_empty(keep), np.empty(0), np.empty(0, dtype=np.int64))
+
+
+def _write(out: Path, keep: tuple[str, ...], tables: Iterator[tuple[Any, int]], on_chunk: Callable[[int], None]) -> int:
+    """The output tables to `out` in order, atomically (nothing if any fails); returns the rows written."""
+    writer = _csv_writer if file_format(out) == "csv" else _parquet_writer
     n = 0
     with files.replacing(out) as tmp, writer(tmp) as write:
-        for block, values, done in read_ahead(checked()):  # the next block read while this one is scored
-            proba, label = score(values)
-            write(_outputs(block.batch.select(list(keep)), proba, label))
-            n += len(proba)
+        for table, done in tables:
+            write(table)
+            n += table.num_rows
             on_chunk(done)
         if n == 0:  # still a valid file, with the columns a reader expects
             write(_outputs(_empty(keep), np.empty(0), np.empty(0, dtype=np.int64)))

@@ -18,6 +18,7 @@ class ParamsError(ValueError):
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
 MISSING = ("error", "drop")  # prepare.missing: what a row with a missing feature or label does
+ENGINES = ("local", "ray")  # cluster.engine: where row work runs
 # Metric name -> True when higher is better; evaluate computes exactly these.
 METRICS = {
     "accuracy": True,
@@ -103,6 +104,15 @@ class MlflowParams:
 
 
 @dataclass(frozen=True)
+class ClusterParams:
+    """Where row work runs: this process (local), or Ray tasks on a local Ray instance or a cluster (ray)."""
+
+    engine: str
+    address: str | None  # empty: start a local Ray instance; `auto` or `ray://host:port`: join that cluster
+    workers: int | None  # Ray tasks at a time; empty: the cluster's CPUs
+
+
+@dataclass(frozen=True)
 class Params:
     """All sections of params.yaml."""
 
@@ -111,6 +121,7 @@ class Params:
     evaluate: EvaluateParams
     register: RegisterParams
     mlflow: MlflowParams
+    cluster: ClusterParams
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as a flat dict with dotted keys, for logging as MLflow params."""
@@ -277,6 +288,8 @@ def _check_ranges(p: Params) -> None:
         ("register.tolerance", p.register.tolerance >= 0, "must be >= 0"),
         ("register.level", 0.5 <= p.register.level < 1.0, "must be in [0.5, 1)"),
         ("register.resamples", p.register.resamples >= 100, "must be >= 100"),
+        ("cluster.engine", p.cluster.engine in ENGINES, f"must be one of {', '.join(ENGINES)}"),
+        ("cluster.workers", p.cluster.workers is None or p.cluster.workers >= 1, "must be >= 1 or null"),
     ]
     for key, ok, why in checks:
         if not ok:

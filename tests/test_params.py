@@ -39,6 +39,8 @@ def test_defaults_are_the_tutorial():
         (lambda t: t["prepare"].update(missing="skip"), "prepare.missing: must be one of error, drop, got 'skip'"),
         (lambda t: t["prepare"].update(positive=True), "prepare.positive: expected text, got the boolean True: quote"),
         (lambda t: t["prepare"].update(positive=2), "prepare.positive: expected str or null, got int 2"),
+        (lambda t: t["cluster"].update(engine="spark"), "cluster.engine: must be one of local, ray, got 'spark'"),
+        (lambda t: t["cluster"].update(workers=0), "cluster.workers: must be >= 1 or null, got 0"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, mutate, message):

@@ -538,6 +538,32 @@ def test_batch_scoring_a_parquet_dataset_keeps_input_order_and_names_the_file(re
     assert result.exit_code == 1 and "part-1.parquet: columns ['x1', 'x2'] differ from" in result.output
 
 
+def test_batch_scoring_on_ray_gives_the_local_engines_probabilities(registered, tmp_path):
+    """cluster.engine ray: each file of a dataset scored by a task on a real local Ray instance, the same bits."""
+    rng = np.random.default_rng(2)
+    X = rng.integers(0, 8, size=(3000, 2))
+    frame = pd.DataFrame({"id": np.arange(3000), "x1": X[:, 0], "x2": X[:, 1]})
+    folder = tmp_path / "table"
+    folder.mkdir()
+    for i, (lo, hi) in enumerate([(0, 1000), (1000, 2200), (2200, 3000)]):
+        frame.iloc[lo:hi].to_parquet(folder / f"part-{i}.parquet")
+    args = ["--input", str(folder), "--keep", "id", "--batch-rows", "500"]
+    local = predict_cli(registered, *args, "--output", str(tmp_path / "local.parquet"))
+    on_ray = ["--set", "cluster.engine=ray", "--set", "cluster.workers=2"]
+    result = predict_cli(registered, *args, "--output", str(tmp_path / "ray.parquet"), *on_ray)
+    assert local.exit_code == 0 and result.exit_code == 0, result.output
+    assert "scored 3000 rows" in result.output and "on Ray (2 tasks at a time)" in result.output
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "ray.parquet"), pd.read_parquet(tmp_path / "local.parquet")
+    )
+    bad = frame.iloc[2200:3000].copy()
+    bad.loc[bad.index[9], "x1"] = np.nan
+    bad.to_parquet(folder / "part-2.parquet")
+    result = predict_cli(registered, *args, "--output", str(tmp_path / "ray.parquet"), *on_ray)
+    assert result.exit_code == 1 and "part-2.parquet, row 10, column 'x1': missing" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -17,10 +17,11 @@ from pipeline.workspace import Context
 def execute(
     ctx: Context, model_uri: str, input_path: Path, output_path: Path, keep: tuple[str, ...], batch_rows: int
 ) -> None:
-    """Load the model through MLflow (as the server does) and score the file, `batch_rows` rows at a time.
+    """Load the model through MLflow (as the server does) and score the input, `batch_rows` rows at a time.
 
     The rows go to the loaded model's scorer (PyFuncModel.get_raw_model) as arrays the shared validator
-    checked, skipping pyfunc's per-column DataFrame checks, which cost more than the scoring.
+    checked, skipping pyfunc's per-column DataFrame checks, which cost more than the scoring. With
+    cluster.engine ray, each file of the input is scored by a Ray task with that same scorer.
     """
     from pipeline import batch_scoring
     from pipeline.tables import file_format
@@ -34,15 +35,19 @@ def execute(
     bar = click.progressbar(length=source.total, label=f"scoring {input_path}", file=sys.stderr)
     tty = sys.stderr.isatty()  # a bar only on a terminal
     started = time.perf_counter()
+    score, cluster = model.get_raw_model().score_columns, ctx.params.cluster
+    progress = {"on_chunk": lambda done: bar.update(done - bar.pos) if tty else None}
     with bar if tty else contextlib.nullcontext(bar):
-        n = batch_scoring.score_file(
-            model.get_raw_model().score_columns,
-            features,
-            source,
-            output_path,
-            batch_rows,
-            keep,
-            on_chunk=lambda done: bar.update(done - bar.pos) if tty else None,
-        )
+        if cluster.engine == "ray":
+            from pipeline.engines import ray_cluster
+
+            with ray_cluster(cluster) as workers:
+                args = (score, features, source, output_path, batch_rows, keep, workers)
+                n = batch_scoring.score_on_ray(*args, **progress)
+        else:
+            n = batch_scoring.score_file(score, features, source, output_path, batch_rows, keep, **progress)
     seconds = time.perf_counter() - started
-    click.echo(f"scored {n} rows with {model_uri} -> {output_path} in {seconds:.2f} s ({n / seconds:,.0f} rows/s)")
+    where = f" on Ray ({workers} tasks at a time)" if cluster.engine == "ray" else ""
+    click.echo(
+        f"scored {n} rows with {model_uri} -> {output_path}{where} in {seconds:.2f} s ({n / seconds:,.0f} rows/s)"
+    )

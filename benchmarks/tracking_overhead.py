@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn, optim
+from tutorial import bare_loop
 
 from pipeline import dataset, preparation
 from pipeline.child import InChild
@@ -36,27 +35,6 @@ from pipeline.training import train
 REPO = Path(__file__).resolve().parents[1]
 REPEATS = 15
 STAGE_REPEATS = 5  # each starts a process (about 1.2 s of imports, not timed)
-
-
-def bare_loop(x_train: torch.Tensor, y_train: torch.Tensor, epochs: int) -> None:
-    """The tutorial's loop, verbatim but for the print (formatted, not written)."""
-    torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(2, 1), nn.Sigmoid())
-    optimizer = optim.SGD(model.parameters(), lr=1)
-    for epoch in range(epochs + 1):
-        hypothesis = model(x_train)
-        cost = F.binary_cross_entropy(hypothesis, y_train)
-        optimizer.zero_grad()
-        cost.backward()
-        optimizer.step()
-        if epoch % 100 == 0:
-            prediction = hypothesis >= torch.FloatTensor([0.5])
-            correct_prediction = prediction.float() == y_train
-            accuracy = correct_prediction.sum().item() / len(correct_prediction)
-            log = "Epoch {:4d}/{} Cost: {:.6f} Accuracy {:2.2f}%".format(  # noqa: UP032 - the tutorial's line
-                epoch, epochs, cost.item(), accuracy * 100
-            )
-            assert log
 
 
 @contextlib.contextmanager
@@ -95,7 +73,7 @@ def main() -> None:
         exp_id = runs.experiment_id(client, "benchmark", uri)
 
         def bare() -> None:
-            bare_loop(x_train, y_train, params.train.epochs)
+            bare_loop(x_train, y_train, params.train.epochs, lambda line: None)  # formatted, not written
 
         def sequential() -> None:
             run_id = client.create_run(exp_id).info.run_id

@@ -69,13 +69,13 @@ def score_file(
     (benchmarks/serving.py measures batch scoring); the checks are the shared validator's, so a bad cell gets
     the words prepare and the server give it, naming its file and row there. Returns the row count.
     """
-    needed = _needed(source, features, keep)
+    how = _Reading(source.columns, _needed(source, features, keep), features, keep, rows)
 
     def scored() -> Iterator[tuple[Any, int]]:
         before = 0  # how far the reading is through the dataset's earlier files
         for part in source.parts:
             done = 0
-            for table, done in _scored_blocks(score, part, source.columns, needed, features, keep, rows):
+            for table, done in _scored_blocks(score, part, how):
                 yield table, before + done
             before += done
 
@@ -99,14 +99,14 @@ def score_on_ray(
     """
     import ray
 
-    needed = _needed(source, features, keep)
+    how = _Reading(source.columns, _needed(source, features, keep), features, keep, rows)
     task, shared = ray.remote(_score_part), ray.put(score)
     parts, pending = iter(source.parts), collections.deque()
 
     def submit() -> None:
         part = next(parts, None)
         if part is not None:
-            pending.append(task.remote(shared, part, source.columns, needed, features, keep, rows))
+            pending.append(task.remote(shared, part, how))
 
     def scored() -> Iterator[tuple[Any, int]]:
         for _ in range(workers):
@@ -135,36 +135,31 @@ def _needed(source: InputFile, features: tuple[str, ...], keep: tuple[str, ...])
     return needed
 
 
-def _scored_blocks(
-    score: Score,
-    part: Path,
-    header: tuple[str, ...],
-    needed: list[str],
-    features: tuple[str, ...],
-    keep: tuple[str, ...],
-    rows: int,
-) -> Iterator[tuple[Any, int]]:
+@dataclass(frozen=True)
+class _Reading:
+    """How one file of the input is read for scoring: its header, the columns read, the model's, those kept."""
+
+    header: tuple[str, ...]
+    needed: list[str]
+    features: tuple[str, ...]
+    keep: tuple[str, ...]
+    rows: int  # per block
+
+
+def _scored_blocks(score: Score, part: Path, how: _Reading) -> Iterator[tuple[Any, int]]:
     """One file's outputs block by block, with how far its reading is: the one scoring path of both engines."""
-    columns = list(features)
-    for block in read_blocks(part, list(header), needed, columns, rows, {}):  # features parsed as numbers
+    columns = list(how.features)
+    for block in read_blocks(part, list(how.header), how.needed, columns, how.rows, {}):  # features as numbers
         proba, label = score(float32_columns(block.batch, columns, str(part), block.first_row))
-        yield _outputs(block.batch.select(list(keep)), proba, label), block.done
+        yield _outputs(block.batch.select(list(how.keep)), proba, label), block.done
 
 
-def _score_part(
-    score: Score,
-    part: Path,
-    header: tuple[str, ...],
-    needed: list[str],
-    features: tuple[str, ...],
-    keep: tuple[str, ...],
-    rows: int,
-) -> Any:
+def _score_part(score: Score, part: Path, how: _Reading) -> Any:
     """A Ray task: one file's outputs as one Arrow table."""
     import pyarrow as pa
 
-    tables = [table for table, _ in _scored_blocks(score, part, header, needed, features, keep, rows)]
-    return pa.concat_tables(tables) if tables else _outputs(_empty(keep), np.empty(0), np.empty(0, dtype=np.int64))
+    tables = [table for table, _ in _scored_blocks(score, part, how)]
+    return pa.concat_tables(tables) if tables else _outputs(_empty(how.keep), np.empty(0), np.empty(0, dtype=np.int64))
 
 
 def _write(out: Path, keep: tuple[str, ...], tables: Iterator[tuple[Any, int]], on_chunk: Callable[[int], None]) -> int:

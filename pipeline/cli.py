@@ -23,15 +23,6 @@ def _is_user_error(exc: Exception) -> bool:
     )
 
 
-def _first_line(exc: Exception) -> str:
-    """The gist of an error from MLflow's HTTP client (its message runs to the whole retry history)."""
-    text = str(exc)
-    for sign in ("Connection refused", "Read timed out", "Max retries exceeded"):
-        if sign in text:
-            return sign
-    return type(exc).__name__
-
-
 def command(func: Callable[..., None]) -> Callable[..., None]:
     """Add --params/--set, build the Context, and turn known errors into a clear exit 1."""
 
@@ -53,10 +44,11 @@ def command(func: Callable[..., None]) -> Callable[..., None]:
         except BaseException as exc:
             # Runs opened but not yet under connection.running (a failure or signal right after creating them).
             connection.terminate_open("KILLED" if isinstance(exc, KeyboardInterrupt | Interrupted) else "FAILED")
-            if isinstance(exc, Exception) and connection.unreachable(exc):
+            gone = connection.unreachable(exc) if isinstance(exc, Exception) else None
+            if gone:
                 raise click.ClickException(
                     f"the MLflow tracking server {location.tracking_uri(Path.cwd(), os.environ)} stopped answering "
-                    f"({_first_line(exc)}); what was written before is intact and nothing half-written was kept: "
+                    f"({gone}); what was written before is intact and nothing half-written was kept: "
                     "start it again (`make server`) and re-run; the runs left RUNNING are marked KILLED then"
                 ) from exc
             if isinstance(exc, Exception) and _is_user_error(exc):

@@ -179,8 +179,8 @@ def parquet_dataset(
         for source in sources:
             yield from source.chunks()
 
-    def labels() -> np.ndarray:
-        return np.concatenate([source.labels() for source in sources if source.labels is not None])
+    def labels() -> np.ndarray:  # each file's label column alone, as parquet_source reads one file's
+        return np.concatenate([source.labels() for source in sources])
 
     return Source(origin, label, sources[0].features, chunks, labels)
 

@@ -6,7 +6,7 @@ import functools
 import os
 import socket
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,16 +109,22 @@ def hurried() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def unreachable(exc: BaseException) -> bool:
-    """Whether an error says the tracking server did not answer (refused, timed out, gone) after MLflow's retries."""
+UNANSWERED = ("Connection refused", "Read timed out", "Max retries exceeded", "ConnectionError")  # most telling first
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """How an error says the tracking server did not answer after MLflow's retries (e.g. `Connection refused`).
+
+    None when it says something else. MLflow's HTTP client wraps the cause in a message that runs to the whole
+    retry history: the gist is the first sign of UNANSWERED in it.
+    """
     import requests
 
-    if isinstance(exc, requests.ConnectionError | requests.Timeout):
-        return True
     text = str(exc)
-    return type(exc).__name__ == "MlflowException" and any(
-        sign in text for sign in ("Max retries exceeded", "Connection refused", "Read timed out", "ConnectionError")
-    )
+    sign = next((sign for sign in UNANSWERED if sign in text), None)
+    if isinstance(exc, requests.ConnectionError | requests.Timeout):
+        return sign or type(exc).__name__
+    return sign if type(exc).__name__ == "MlflowException" else None
 
 
 def terminate(mlflow_client: MlflowClient, run_id: str, status: str) -> None:
@@ -208,20 +214,11 @@ def reap_dead_runs(mlflow_client: MlflowClient) -> list[str]:
 
 def dead_owners_recorded(uri: str) -> bool:
     """Whether a sqlite store holds RUNNING runs whose owner on this host is gone; read with sqlite3, no MLflow."""
-    import sqlite3
-
-    database = Path(uri.removeprefix("sqlite:///"))
-    if not uri.startswith("sqlite:///") or not database.exists():
-        return False
     query = (
         "SELECT host.value, pid.value FROM runs JOIN tags host ON host.run_uuid = runs.run_uuid AND host.key = ? "
         "JOIN tags pid ON pid.run_uuid = runs.run_uuid AND pid.key = ? WHERE runs.status = 'RUNNING'"
     )
-    try:
-        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
-            owners = db.execute(query, (HOST_TAG, PID_TAG)).fetchall()
-    except sqlite3.Error:  # not (yet) an MLflow store
-        return False
+    owners = location.read_sqlite(uri, query, (HOST_TAG, PID_TAG))
     return any(owner_gone({HOST_TAG: host, PID_TAG: pid}) for host, pid in owners)
 
 

@@ -7,7 +7,6 @@ import json
 import tempfile
 import time
 from collections.abc import Mapping
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,21 +173,12 @@ def holds_checkpoint(uri: str, experiment: str, checkpoint_sha256: str) -> bool:
     """
     if not uri.startswith("sqlite:///"):
         return trained(connection.connect(uri), experiment, checkpoint_sha256) is not None
-    import sqlite3
-
-    database = Path(uri.removeprefix("sqlite:///"))
-    if not database.exists():
-        return False
     query = (
         "SELECT 1 FROM tags JOIN runs ON runs.run_uuid = tags.run_uuid JOIN experiments ON "
         "experiments.experiment_id = runs.experiment_id WHERE tags.key = ? AND tags.value = ? "
         "AND runs.lifecycle_stage = 'active' AND experiments.name = ? LIMIT 1"
     )
-    try:
-        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
-            return db.execute(query, (CHECKPOINT_TAG, checkpoint_sha256, experiment)).fetchone() is not None
-    except sqlite3.Error:  # not (yet) an MLflow store
-        return False
+    return bool(location.read_sqlite(uri, query, (CHECKPOINT_TAG, checkpoint_sha256, experiment)))
 
 
 def run_params(mlflow_client: MlflowClient, run_id: str) -> dict[str, str]:

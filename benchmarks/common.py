@@ -62,6 +62,11 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
+def _forkservers() -> list[int]:
+    """The pids of the warm pipeline servers running now, and of their forks."""
+    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if b"pipeline.forkserver" in _read(str(p))]
+
+
 def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -86,8 +91,13 @@ class Watch:
         started = time.perf_counter()
         with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would stall the command
             proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            servers, scanned = [], 0.0
             while proc.poll() is None:
-                pids = _tree(proc.pid)
+                if time.perf_counter() - scanned > 1:
+                    servers, scanned = _forkservers(), time.perf_counter()
+                # A stage forked from the warm server (pipeline/forkserver.py) is the server's child, not DVC's.
+                # (Its forks show the server's command line too: each pid counted once.)
+                pids = list(dict.fromkeys(_tree(proc.pid) + [p for server in servers for p in _tree(server)[1:]]))
                 rss = sum(int((_read(f"/proc/{p}/statm").split() or [b"0", b"0"])[1]) for p in pids) * PAGE_BYTES
                 self.peak = max(self.peak, rss)
                 cmds = [_read(f"/proc/{p}/cmdline").decode().split("\0") for p in pids]

@@ -4,9 +4,11 @@ import logging
 import os
 import sys
 
-from pipeline import interrupts
+from pipeline import forkserver, interrupts
 
-if __name__ == "__main__":
+
+def command() -> int:
+    """Run the CLI command in sys.argv; its exit code."""
     interrupts.install()  # first: a signal during the imports below is handled too
     try:
         from pipeline.cli import main
@@ -20,6 +22,13 @@ if __name__ == "__main__":
     except interrupts.Interrupted as stop:  # runs were marked KILLED and temp files removed on the way out
         print(f"Error: {stop}; nothing half-written was kept", file=sys.stderr)
         code = 128 + stop.signum
+    return code
+
+
+if __name__ == "__main__":
+    code = forkserver.forward(sys.argv, dict(os.environ))  # a DVC stage, run by a warm interpreter
+    if code is None:
+        code = command()
     # Tearing down torch, MLflow and SQLAlchemy took a good part of each stage's time in `dvc repro`.
     # Every output is written and fsynced (pipeline.files) and every MLflow call committed before this.
     logging.shutdown()

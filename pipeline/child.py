@@ -5,9 +5,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from pipeline import forkserver
 
 
 class InChild:
@@ -22,7 +25,10 @@ class InChild:
     """
 
     def __init__(self, fn: Callable[..., Any], *args: Any, stream: bool = False) -> None:
-        context = multiprocessing.get_context("spawn")  # fork after torch or sqlite is unsafe
+        # Fork after torch's threads or an open sqlite connection is unsafe: a new interpreter, unless this is
+        # a fork of the warm server (imports done, one thread; the child uses no store), whose fork costs nothing.
+        warm = forkserver.forked() and threading.active_count() == 1
+        context = multiprocessing.get_context("fork" if warm else "spawn")
         self._name = fn.__name__
         self._conn, child_end = context.Pipe(duplex=False)
         target_args = (child_end, fn, args, stream)

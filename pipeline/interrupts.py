@@ -31,6 +31,11 @@ def install() -> None:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    signalled(signum)
+
+
+def signalled(signum: int) -> None:
+    """Act on signum as if it had just arrived: raise Interrupted, or hold it inside `deferred()`."""
     if _state["depth"]:
         _state["pending"] = signum
         return

@@ -88,6 +88,9 @@ def run_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
+    # Each test's project is its own server key (its folder is on sys.path): a server per test would preload
+    # in the background beside the next tests. tests/test_forkserver.py turns it on in a folder of its own.
+    env["PIPELINE_FORKSERVER"] = "0"
     env.update(
         GIT_AUTHOR_NAME="t",
         GIT_AUTHOR_EMAIL="t@example.com",

@@ -1,0 +1,341 @@
+"""A warm interpreter for DVC's stages: each `python -m pipeline <stage>` forked from it with the heavy imports done.
+
+A small `dvc repro` is mostly imports: each stage that records to MLflow is a new interpreter importing MLflow,
+torch, scikit-learn and matplotlib, seconds apiece, to do a fraction of a second of work. So, when DVC runs a stage
+(DVC_STAGE is set), `python -m pipeline` first offers its command to a server that has imported all of that once:
+the server forks, and the fork takes the command's argv, working directory, environment, umask and its stdin,
+stdout and stderr (passed over a unix socket), runs the command as `python -m pipeline` would, and sends back
+its exit code, which the command exits with. SIGINT, SIGTERM and SIGHUP sent to the command are forwarded to the
+fork; if the command dies without forwarding (SIGKILL), the fork sees its socket close and stops as on SIGHUP.
+
+multiprocessing's own forkserver cannot do this: it lives and dies with one parent process, and each DVC stage is
+a new process. Gradle's daemon and nailgun are the same idea for the JVM.
+
+No server: the command runs in its own interpreter, as without this module, and starts a server for the stages
+after it. The server belongs to one key: the interpreter, sys.path, the package's folder and the bytes of every
+file in it, the installed packages' folders and the environment less DVC's own variables; so edited code or a
+changed environment never runs in a server that imported something else. It exits after IDLE_S seconds without a
+command. PIPELINE_FORKSERVER=0 turns all of this off (each stage its own interpreter, as before).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib
+import io
+import json
+import os
+import pkgutil
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from pipeline import interrupts
+
+IDLE_S = 120  # a sweep's next `dvc exp run` comes sooner; an idle server holds a few hundred MiB
+SWITCH = "PIPELINE_FORKSERVER"
+# What the stages import on their paths besides this package (each module imports the rest lazily).
+PRELOAD = (
+    "mlflow", "mlflow.pytorch", "mlflow.pyfunc", "mlflow.models", "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store", "torch", "sklearn.linear_model", "sklearn.metrics",
+    "matplotlib.figure", "matplotlib.backends.backend_agg", "pandas", "pyarrow.parquet", "pyarrow.csv",
+)  # fmt: skip
+_INT = struct.Struct("!i")
+_PATH_MAX = 107  # a unix socket's path, in bytes, on Linux
+_state = {"forked": False}
+
+
+def forked() -> bool:
+    """Whether this process is a fork of the server (its modules imported, no other thread): fork is safe here."""
+    return _state["forked"]
+
+
+def forward(argv: list[str], env: dict[str, str]) -> int | None:
+    """Run this command in a fork of the warm server and return its exit code; None: run it here.
+
+    Starts a server for later commands when none is running for this key.
+    """
+    if not env.get("DVC_STAGE") or env.get(SWITCH) == "0" or "LOCAL_RANK" in env:  # torchrun's ranks: their own
+        return None
+    folder = _folder()
+    if folder is None:
+        return None
+    path = folder / f"{_key(env)}.sock"
+    if len(os.fsencode(path)) > _PATH_MAX - 12:  # bind() refuses longer socket paths (TMPDIR too long)
+        return None
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        _start(path, env)
+        return None
+    with sock:
+        return _client(sock, argv, env)
+
+
+def _folder() -> Path | None:
+    """The folder for server sockets, private to this user; None if it is not (then no server)."""
+    folder = Path(tempfile.gettempdir()) / f"pipeline-forkserver-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.stat()
+    except OSError:
+        return None
+    return folder if st.st_uid == os.getuid() and not st.st_mode & 0o077 else None
+
+
+def _key(env: dict[str, str]) -> str:
+    """What a server must share with a command to run it: interpreter, import path, this package's bytes, env."""
+    import pipeline
+
+    digest = hashlib.sha256()
+    package = Path(pipeline.__path__[0]).resolve()
+    kept = sorted((k, v) for k, v in env.items() if not k.startswith("DVC_"))
+    # pip adds and removes folders in site-packages, which changes its mtime
+    installed = [(p, os.stat(p).st_mtime_ns) for p in {sysconfig.get_path(n) for n in ("purelib", "platlib")}]
+    digest.update(json.dumps([sys.executable, sys.version, sys.path, str(package), kept, installed]).encode())
+    for file in sorted(package.rglob("*.py")):
+        digest.update(str(file.relative_to(package)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _start(path: Path, env: dict[str, str]) -> None:
+    """Start a server for this key in the background, unless one is already starting."""
+    lock = path.with_suffix(".lock")
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # a server holds it: starting, or running with its socket just replaced
+    server_env = {k: v for k, v in env.items() if not k.startswith("DVC_")}
+    with open(path.with_suffix(".log"), "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline.forkserver", str(path)], env=server_env, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, start_new_session=True, close_fds=True,
+        )  # fmt: skip
+
+
+def _client(sock: socket.socket, argv: list[str], env: dict[str, str]) -> int:
+    """Hand the command to the server; forward signals to the fork that runs it; its exit code."""
+    pid: list[int] = []
+    pending: list[int] = []
+
+    def relay(signum: int, frame: FrameType | None) -> None:
+        if not pid:
+            pending.append(signum)
+            return
+        try:
+            os.kill(pid[0], signum)
+        except ProcessLookupError:
+            pass  # it has just ended; its exit code is on the way
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, relay)
+    fds = [fd for fd in (0, 1, 2) if _is_open(fd)]
+    request = {"argv": argv, "cwd": os.getcwd(), "env": env, "umask": _umask(), "fds": fds, "path": sys.path}
+    body = json.dumps(request).encode()
+    socket.send_fds(sock, [b"r"], fds)
+    sock.sendall(_INT.pack(len(body)) + body)
+    answer = _recv_int(sock)
+    if answer is None:  # the server took the socket but never forked: it is stopping
+        print("error: the warm pipeline server did not take the command; run it again", file=sys.stderr)
+        return 1
+    pid.append(answer)
+    for signum in pending:
+        relay(signum, None)
+    code = _recv_int(sock)
+    if code is None:
+        print(f"error: the stage's process {pid[0]} ended without an exit status (killed?)", file=sys.stderr)
+        return 1
+    return code
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    """Exactly `size` bytes from the socket; None if it closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _recv_int(sock: socket.socket) -> int | None:
+    data = _recv_exact(sock, _INT.size)
+    return None if data is None else _INT.unpack(data)[0]
+
+
+def serve(path: Path) -> None:
+    """The server: import what the stages need, then fork a process per command until IDLE_S pass without one."""
+    lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 (held for the server's life)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return  # another server has this key
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")  # who holds it: `kill $(cat <key>.lock)` stops the server
+    lock.flush()
+    started = time.monotonic()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    temp = path.with_name(f"{path.name}.{os.getpid()}")
+    listener.bind(str(temp))  # first: a server that cannot serve fails before seconds of imports
+    import pipeline
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for module in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+        if module.name != "pipeline.__main__":
+            importlib.import_module(module.name)
+    listener.listen(16)
+    os.replace(temp, path)  # clients see the socket only once it accepts
+    _log(f"pid {os.getpid()} serving {path.name} after {time.monotonic() - started:.1f} s of imports")
+    own = os.stat(path).st_ino
+    children: set[int] = set()
+    last = time.monotonic()
+    while True:
+        ready, _, _ = select.select([listener], [], [], 1.0)
+        while children:
+            done, _ = os.waitpid(-1, os.WNOHANG)
+            if not done:
+                break
+            children.discard(done)
+            last = time.monotonic()
+        if ready:
+            conn, _ = listener.accept()
+            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            if uid != os.getuid():
+                conn.close()
+                continue
+            child = os.fork()
+            if child == 0:
+                listener.close()
+                _run_forked(conn)  # never returns
+            conn.close()
+            _log(f"forked {child}")
+            children.add(child)
+            last = time.monotonic()
+        elif not children and time.monotonic() - last > IDLE_S:
+            _log(f"idle for {IDLE_S} s: exiting")
+            break
+    try:
+        if os.stat(path).st_ino == own:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _log(message: str) -> None:
+    """A line of the server's log (its stdout: <key>.log beside the socket)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+
+def _run_forked(conn: socket.socket) -> None:
+    """In the fork: become the command (its fds, cwd, environment, argv), run it, send its exit code, exit."""
+    code = 1
+    try:
+        _, fds, _, _ = socket.recv_fds(conn, 1, 3)
+        size = _recv_int(conn)
+        body = None if size is None else _recv_exact(conn, size)
+        if body is None:
+            return  # the command went away before saying what to run
+        request = json.loads(body)
+        for fd, target in zip(fds, request["fds"], strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.umask(request["umask"])
+        sys.argv[:] = request["argv"]
+        sys.path[:] = request["path"]
+        _reopen_stdio(request["env"])
+        _state["forked"] = True
+        import numpy as np
+
+        np.random.seed()  # as a new interpreter would be; `random` reseeds itself after a fork
+        from pipeline.__main__ import command
+
+        interrupts.install()  # before the command learns this pid: whatever it forwards is handled
+        _watch_client(conn)
+        conn.sendall(_INT.pack(os.getpid()))
+        code = command()
+    except interrupts.Interrupted as stop:  # before the command got going: nothing was recorded
+        code = 128 + stop.signum
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            conn.sendall(_INT.pack(code))
+        except OSError:
+            pass
+        os._exit(code)
+
+
+def _reopen_stdio(env: dict[str, str]) -> None:
+    """sys.stdin/stdout/stderr on the command's fds, buffered as a new interpreter would buffer them."""
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        old = getattr(sys, name)
+        if mode == "w" and old is not None:
+            old.flush()
+        if not _is_open(fd):
+            setattr(sys, name, None)
+            continue
+        tty = os.isatty(fd)
+        raw = open(fd, mode + "b", closefd=False)  # noqa: SIM115 (sys.stdout's own file)
+        stream = io.TextIOWrapper(
+            raw, encoding=old.encoding if old else "utf-8", errors=old.errors if old else "strict",
+            line_buffering=tty or name == "stderr", write_through=unbuffered,
+        )  # fmt: skip
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _watch_client(conn: socket.socket) -> None:
+    """SIGIO when the command's socket closes (the command killed outright): stop as a closed terminal would."""
+
+    def gone(signum: int, frame: FrameType | None) -> None:
+        try:
+            if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        interrupts.signalled(signal.SIGHUP)
+
+    signal.signal(signal.SIGIO, gone)
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETOWN, os.getpid())
+    flags = fcntl.fcntl(conn.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, flags | os.O_ASYNC)
+
+
+if __name__ == "__main__":  # run as a script: serve from the package's own module, whose state the stages read
+    from pipeline import forkserver
+
+    forkserver.serve(Path(sys.argv[1]))

@@ -1,0 +1,121 @@
+"""DVC's stages through the warm server (pipeline/forkserver.py): same outputs, same signals, same records."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import run_env, sh
+from tests.test_e2e import assert_up_to_date
+from tests.test_kills import leftovers, statuses, wait_for
+
+OUTPUTS = ("models/model.pt", "models/history.csv", "metrics/evaluate.json", "plots/roc.json")
+
+
+@pytest.fixture
+def warm(project: Path, tmp_path: Path):
+    """The environment of a user's `dvc repro` (server on), its servers' folder private to this test."""
+    temp = Path(tempfile.mkdtemp(prefix="fs", dir="/tmp"))  # short: a socket's path has at most 107 bytes
+    env = run_env(PIPELINE_FORKSERVER="1", TMPDIR=str(temp), DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"))
+    folder = temp / f"pipeline-forkserver-{os.getuid()}"
+    yield env, folder
+    for lock in folder.glob("*.lock"):  # stop this test's servers rather than leave them to their idle timeout
+        text = lock.read_text().strip()
+        if text:
+            try:
+                os.kill(int(text), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    shutil.rmtree(temp)
+
+
+def dvc(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return sh([str(Path(sys.executable).parent / "dvc"), *args], project, env)
+
+
+def served(folder: Path) -> list[int]:
+    """The pids of the commands this test's servers have forked, in order."""
+    return [int(line.rsplit(" ", 1)[1]) for log in folder.glob("*.log") for line in log.read_text().splitlines()
+            if " forked " in line]  # fmt: skip
+
+
+def wait_for_server(folder: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(folder.glob("*.sock")):
+        assert time.monotonic() < deadline, "no server started"
+        time.sleep(0.1)
+
+
+def test_stages_forked_from_the_server_write_what_cold_ones_write(project, warm):
+    env, folder = warm
+    cold = {**env, "PIPELINE_FORKSERVER": "0"}
+    dvc(project, cold, "repro")
+    expected = {name: (project / name).read_bytes() for name in OUTPUTS}
+    assert not folder.exists()  # switched off: no server, nothing started
+
+    dvc(project, env, "repro", "--force")  # the first stage starts the server; the rest run where it is ready
+    wait_for_server(folder)
+    before = len(served(folder))
+    out = dvc(project, env, "repro", "--force").stdout
+    assert len(served(folder)) == before + 5  # tracking, prepare, train, evaluate, register: all forked
+    assert "Epoch 1000/1000 Cost: 0.019843 Accuracy 100.00%" in out  # the stage's stdout is DVC's
+    assert "@champion" in out
+    for name, data in expected.items():
+        assert (project / name).read_bytes() == data, name
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    assert set(statuses(MlflowClient(uri))) == {"FINISHED"}
+    assert_up_to_date(project)
+
+    # Edited code never runs in a server that imported the old: a new key, a new server.
+    locks = set(folder.glob("*.lock"))
+    cli = project / "pipeline" / "cli.py"
+    cli.write_text(cli.read_text() + "\n# edited\n")
+    dvc(project, env, "repro")
+    assert len(set(folder.glob("*.lock")) - locks) == 1
+
+
+def test_signals_reach_a_forked_stage_and_a_vanished_command_stops_it(project, warm, tmp_path):
+    env, folder = warm
+    dvc(project, {**env, "PIPELINE_FORKSERVER": "0"}, "repro")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    before = {name: (project / name).read_bytes() for name in OUTPUTS}
+    log = tmp_path / "train.log"
+    stage_env = {**env, "DVC_STAGE": "train", "DVC_ROOT": str(project)}
+    train = [sys.executable, "-m", "pipeline", "train", "--set", "train.epochs=10000000"]
+    sh([sys.executable, "-m", "pipeline", "tracking", "--tracking", "models/tracking.json"], project, stage_env)
+    wait_for_server(folder)
+
+    def training() -> bool:
+        return "Epoch    0" in log.read_text() and statuses(client).count("RUNNING") == 2
+
+    for signum in (signal.SIGINT, signal.SIGKILL):
+        count = len(served(folder))
+        with log.open("w") as out:
+            proc = subprocess.Popen(train, cwd=project, env=stage_env, stdout=out, stderr=out)
+        wait_for(training, proc, "training")
+        assert len(served(folder)) == count + 1  # it runs in a fork of the server
+        forked = served(folder)[-1]
+        proc.send_signal(signum)
+        code = proc.wait(timeout=30)
+        if signum == signal.SIGINT:  # forwarded: the stage stops as it would in its own interpreter
+            assert code == 130 and "interrupted by SIGINT" in log.read_text(), log.read_text()
+        deadline = time.monotonic() + 30  # SIGKILL: the fork sees its command's socket close, stops as on SIGHUP
+        while "RUNNING" in statuses(client) or Path(f"/proc/{forked}").exists():
+            assert time.monotonic() < deadline, (signum, statuses(client))
+            time.sleep(0.1)
+        assert not leftovers(project)
+        for name, data in before.items():
+            assert (project / name).read_bytes() == data, (signum, name)
+    assert statuses(client).count("KILLED") == 4
+    dvc(project, env, "repro")
+    assert_up_to_date(project)

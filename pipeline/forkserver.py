@@ -13,9 +13,10 @@ a new process. Gradle's daemon and nailgun are the same idea for the JVM.
 
 No server: the command runs in its own interpreter, as without this module, and starts a server for the stages
 after it. The server belongs to one key: the interpreter, sys.path, the package's folder and the bytes of every
-file in it, the installed packages' folders and the environment less DVC's own variables; so edited code or a
-changed environment never runs in a server that imported something else. It exits after IDLE_S seconds without a
-command. PIPELINE_FORKSERVER=0 turns all of this off (each stage its own interpreter, as before).
+file in it, the installed packages' folders and the environment less DVC's own variables and the shell's
+bookkeeping (_SHELL); so edited code or a changed environment never runs in a server that imported something
+else. It exits after IDLE_S seconds without a command, removing its socket, lock and log.
+PIPELINE_FORKSERVER=0 turns all of this off (each stage its own interpreter, as before).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ PRELOAD = (
 )  # fmt: skip
 _INT = struct.Struct("!i")
 _PATH_MAX = 107  # a unix socket's path, in bytes, on Linux
+# What a shell changes from one command to the next and no import reads (the working directory is in sys.path)
+_SHELL = {"OLDPWD", "PWD", "SHLVL", "_", "COLUMNS", "LINES"}
 _state = {"forked": False}
 
 
@@ -100,7 +103,7 @@ def _key(env: dict[str, str]) -> str:
 
     digest = hashlib.sha256()
     package = Path(pipeline.__path__[0]).resolve()
-    kept = sorted((k, v) for k, v in env.items() if not k.startswith("DVC_"))
+    kept = sorted((k, v) for k, v in env.items() if not k.startswith("DVC_") and k not in _SHELL)
     # pip adds and removes folders in site-packages, which changes its mtime
     installed = [(p, os.stat(p).st_mtime_ns) for p in {sysconfig.get_path(n) for n in ("purelib", "platlib")}]
     digest.update(json.dumps([sys.executable, sys.version, sys.path, str(package), kept, installed]).encode())
@@ -247,6 +250,10 @@ def serve(path: Path) -> None:
             path.unlink()
     except OSError:
         pass
+    # Still holding the lock: a command that opened this file now fails to lock it and runs in its own
+    # interpreter; one that opens the path afterwards makes a new file and starts a new server.
+    path.with_suffix(".lock").unlink(missing_ok=True)
+    path.with_suffix(".log").unlink(missing_ok=True)
 
 
 def _log(message: str) -> None:
@@ -287,11 +294,13 @@ def _run_forked(conn: socket.socket) -> None:
     except interrupts.Interrupted as stop:  # before the command got going: nothing was recorded
         code = 128 + stop.signum
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        # The command exits once it has the code, and its socket closing must not read as "killed" (SIGIO).
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
         try:
+            sys.stdout.flush()
+            sys.stderr.flush()
             conn.sendall(_INT.pack(code))
-        except OSError:
+        except BaseException:  # the command went away: nobody to tell
             pass
         os._exit(code)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from pipeline.sources import CHUNK_ROWS, Chunk, Source
 from pipeline.tables import TableError
 
 
-def check_chunk(chunk: Chunk, source: Source, missing: str) -> tuple[Chunk, int]:
+def check_chunk(chunk: Chunk, source: Source, missing: str) -> tuple[Chunk, np.ndarray | None]:
     """0/1 labels and finite features, a row with a missing value refused or dropped (prepare.missing).
 
-    Returns the rows kept and how many were dropped; an error names the row as the file counts it, and the column.
+    Returns the rows kept and which they are (None: all); an error names the row as the file counts it, and the
+    column.
     """
     not_binary = np.flatnonzero((chunk.y != 0) & (chunk.y != 1) & ~np.isnan(chunk.y))
     if not_binary.size:
@@ -36,7 +36,7 @@ def check_chunk(chunk: Chunk, source: Source, missing: str) -> tuple[Chunk, int]
         )
     bad, no_label = ~np.isfinite(chunk.X), np.isnan(chunk.y)
     if not bad.any() and not no_label.any():
-        return chunk, 0
+        return chunk, None
     rows = bad.any(axis=1) | no_label
     refused = rows if missing == "error" else np.isinf(chunk.X).any(axis=1)  # infinity is a value, not a gap
     if refused.any():
@@ -48,7 +48,7 @@ def check_chunk(chunk: Chunk, source: Source, missing: str) -> tuple[Chunk, int]
         j = int(np.argmax(bad[i]))
         hint = "" if np.isinf(chunk.X[i, j]) else hint
         raise TableError(f"{where}, column {source.features[j]!r}: missing, NaN or infinite value{hint}")
-    return Chunk(chunk.X[~rows], chunk.y[~rows], chunk.first_row, chunk.where), int(rows.sum())
+    return Chunk(chunk.X[~rows], chunk.y[~rows], chunk.first_row, chunk.where), ~rows
 
 
 def check_labels(y: np.ndarray, source: Source) -> None:
@@ -59,23 +59,32 @@ def check_labels(y: np.ndarray, source: Source) -> None:
         raise TableError(f"{source.origin}, column {source.label!r}: only one class present ({y[0]:g}); need both")
 
 
-def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-class shuffle; each class contributes round(test_size * count) test rows."""
+def test_rows(first: int, n: int, test_size: float, seed: int) -> np.ndarray:
+    """Which of the source's rows first .. first + n - 1 (0-based, dropped rows counted) are test rows.
+
+    Each row's own uniform draw from the seed and its position (splitmix64 of seed and position): a reader of any
+    part of the table decides its rows alone, with no pass over the labels first and nothing shared (Ray's
+    workers, one per file). Each class gives test_size of its rows in expectation.
+    """
     if test_size == 0:
-        everything = np.arange(y.shape[0])
-        return everything, everything[:0]
-    rng = np.random.default_rng(seed)
-    is_test = np.zeros(y.shape[0], dtype=bool)
+        return np.zeros(n, dtype=bool)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as splitmix64 means it to
+        z = np.arange(first, first + n, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 < test_size
+
+
+def check_split(y_train: np.ndarray, y_test: np.ndarray, test_size: float) -> None:
+    """Both classes on both sides of a split (a class too small for test_size can end all on one side)."""
     for cls in (0.0, 1.0):
-        idx = rng.permutation(np.flatnonzero(y == cls))
-        n_test = int(round(test_size * idx.size))
-        if n_test == 0 or n_test == idx.size:
+        n_test, n_train = int((y_test == cls).sum()), int((y_train == cls).sum())
+        if n_test == 0 or n_train == 0:
             raise TableError(
-                f"prepare.test_size={test_size} leaves class {cls:g} ({idx.size} rows) with no "
+                f"prepare.test_size={test_size} leaves class {cls:g} ({n_test + n_train} rows) with no "
                 f"{'test' if n_test == 0 else 'train'} rows"
             )
-        is_test[idx[:n_test]] = True
-    return np.flatnonzero(~is_test), np.flatnonzero(is_test)  # both in row order, as a sort gives, in one pass
 
 
 # ---------------------------------------------------------------- writing and reading prepared data
@@ -83,9 +92,7 @@ class NpyWriter:
     """Append float32 rows to a .npy file whose row count is known only at the end, hashing them as they go.
 
     A fixed 128-byte header is reserved and rewritten on close: the file is a valid .npy that
-    np.load can memory-map, built without ever holding the array. `in_place` rewrites a file this class
-    wrote from its first row on, for rows read from it ahead of the writing (the split moves its train
-    rows forward); close cuts what is left beyond the last row written.
+    np.load can memory-map, built without ever holding the array.
 
     Each write goes to the file on a thread of its own while the caller hashes the rows and moves on (one
     write in flight: the rows given must not change until the next write or close). Writing into fresh page
@@ -95,25 +102,22 @@ class NpyWriter:
 
     HEADER_BYTES = 128
 
-    def __init__(self, path: Path, n_columns: int, in_place: bool = False, hashed: bool = True) -> None:
+    def __init__(self, path: Path, n_columns: int) -> None:
         self.path, self.n_columns, self.rows = path, n_columns, 0
-        # of the rows' bytes: the prepared data's digest without reading it again (None: rows to be moved)
-        self.sha256 = hashlib.sha256() if hashed else None
-        self.fh = path.open("r+b" if in_place else "wb")
-        if in_place:
-            self.fh.seek(self.HEADER_BYTES)
-        else:
-            self.fh.write(b"\0" * self.HEADER_BYTES)
+        self.sha256 = hashlib.sha256()  # of the rows' bytes: the prepared data's digest without reading it again
+        self.fh = path.open("wb")
+        self.fh.write(b"\0" * self.HEADER_BYTES)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="npy-write")
         self._pending: Future | None = None
 
     def write(self, X: np.ndarray) -> None:
         """Append rows (C order, float32)."""
+        if not X.size:
+            return
         data = memoryview(np.ascontiguousarray(X, dtype=np.float32)).cast("B")  # no bytes copy
         self._wait()
         self._pending = self._writer.submit(self.fh.write, data)
-        if self.sha256 is not None:
-            self.sha256.update(data)  # releases the GIL, as the write does
+        self.sha256.update(data)  # releases the GIL, as the write does
         self.rows += X.shape[0]
 
     def _wait(self) -> None:
@@ -134,7 +138,6 @@ class NpyWriter:
             self._wait()
             text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({self.rows}, {self.n_columns}), }}"
             body = text.encode("latin1").ljust(self.HEADER_BYTES - 10 - 1) + b"\n"
-            self.fh.truncate(self.HEADER_BYTES + 4 * self.rows * self.n_columns)
             self.fh.seek(0)
             self.fh.write(b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body)
         finally:
@@ -226,66 +229,33 @@ def _digest(meta: dict, arrays: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
-def labels_first(source: Source, test_size: float, missing: str) -> np.ndarray | None:
-    """Every label before any row, where that is cheap and fixes the split; None where it is not.
-
-    Cheap and fixing: the source reads its label column alone, a test split is asked for and no row can be
-    dropped (a missing value is an error). A label that is missing or not 0/1 gives None too: the row-by-row
-    pass reports it with its row.
-    """
-    if source.labels is None or test_size == 0 or missing != "error":
-        return None
-    y = source.labels()
-    return y if ((y == 0) | (y == 1)).all() else None
-
-
-def checked_rows(source: Source, y: np.ndarray) -> Iterator[np.ndarray]:
-    """The source's feature rows, validated (none may be dropped), checked against the labels read up front."""
-    start = 0
-    for chunk in source.chunks():
-        kept, _ = check_chunk(chunk, source, "error")
-        if not np.array_equal(kept.y, y[start : start + kept.y.shape[0]]):
-            where = chunk.where or source.origin
-            raise TableError(f"{where}: changed while it was read (labels from row {chunk.first_row} differ)")
-        start += kept.y.shape[0]
-        yield kept.X
-    if start != y.shape[0]:
-        raise TableError(f"{source.origin}: changed while it was read ({y.shape[0]} labels, {start} rows)")
-
-
-def write_all(path: Path, source: Source, missing: str, hashed: bool) -> tuple[np.ndarray, int, bytes | None]:
-    """Every row the source keeps, to one file; returns the labels, the rows dropped and the rows' sha256."""
-    labels, dropped = [], 0
-    with NpyWriter(path, len(source.features), hashed=hashed) as out:
-        for chunk in source.chunks():
-            kept, n = check_chunk(chunk, source, missing)
-            out.write(kept.X)
-            labels.append(kept.y)
-            dropped += n
-    y = np.concatenate(labels) if labels else np.empty(0, np.float32)
-    return y, dropped, None if out.sha256 is None else out.sha256.digest()
-
-
 def write_split(
-    directory: Path, n_columns: int, blocks: Iterable[np.ndarray], is_test: np.ndarray, moments: Moments | None,
-    in_place: bool,
-) -> dict[str, bytes]:  # fmt: skip
-    """Blocks of rows in file order: train rows to X_train.npy (and to the moments), test rows to X_test.npy.
+    directory: Path, source: Source, test_size: float, seed: int, missing: str, moments: Moments | None
+) -> tuple[np.ndarray, np.ndarray, int, dict[str, bytes]]:
+    """Every row the source keeps, in file order, to X_train.npy or X_test.npy as test_rows decides.
 
-    `in_place`: the blocks are read from X_train.npy itself, ahead of the writing. Returns both files' sha256.
+    Train rows go to the moments too. Returns the train and test labels, the rows dropped and the files' sha256.
     """
-    X_train, X_test = directory / "X_train.npy", directory / "X_test.npy"
-    with NpyWriter(X_train, n_columns, in_place=in_place) as train, NpyWriter(X_test, n_columns) as test:
-        start = 0
-        for block in blocks:
-            mask = is_test[start : start + block.shape[0]]
-            kept = np.compress(~mask, block, axis=0)  # new arrays, as the writers need; twice block[~mask]'s speed
-            train.write(kept)
-            test.write(np.compress(mask, block, axis=0))
+    d, position, dropped = len(source.features), 0, 0
+    labels: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    test_file = directory / "X_test.npy" if test_size else Path(os.devnull)  # no split: no test row to write
+    with NpyWriter(directory / "X_train.npy", d) as train, NpyWriter(test_file, d) as test:
+        for chunk in source.chunks():
+            n = chunk.X.shape[0]
+            kept, which = check_chunk(chunk, source, missing)
+            is_test = test_rows(position, n, test_size, seed)
+            if which is not None:
+                is_test, dropped = is_test[which], dropped + n - kept.X.shape[0]
+            position += n
+            rows = np.compress(~is_test, kept.X, axis=0)  # new arrays, as the writers need; twice X[mask]'s speed
+            train.write(rows)
+            test.write(np.compress(is_test, kept.X, axis=0))
+            labels["train"].append(kept.y[~is_test])
+            labels["test"].append(kept.y[is_test])
             if moments is not None:
-                moments.add(kept)
-            start += block.shape[0]
-    return {"X_train": train.sha256.digest(), "X_test": test.sha256.digest()}
+                moments.add(rows)
+    y = {name: np.concatenate(ys) if ys else np.empty(0, np.float32) for name, ys in labels.items()}
+    return y["train"], y["test"], dropped, {"X_train": train.sha256.digest(), "X_test": test.sha256.digest()}
 
 
 def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, standardize: bool, missing: str) -> dict:
@@ -299,29 +269,18 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
     meta: dict = {}
 
     def fill(tmp: Path) -> None:
-        d, moments, dropped = len(source.features), Moments(len(source.features)), 0
-        y = labels_first(source, test_size, missing)
-        streamed = y is not None  # the split known before any row: each row goes straight to its file
-        if not streamed:  # every row to X_train.npy; a test split moves out of it below
-            y, dropped, everything = write_all(tmp / "X_train.npy", source, missing, hashed=test_size == 0)
-        check_labels(y, source)
-        train_idx, test_idx = stratified_split(y, test_size, seed)
-        if test_idx.size:
-            # One pass in file order, test rows out and train rows on, straight from the source or moved forward
-            # in X_train.npy itself: X is written once (at most plus the test split), never whole and again split.
-            is_test = np.zeros(y.shape[0], dtype=bool)
-            is_test[test_idx] = True
-            blocks = checked_rows(source, y) if streamed else dataset.read_rows(tmp / "X_train.npy")
-            digests = write_split(tmp, d, blocks, is_test, moments if standardize else None, in_place=not streamed)
-            np.save(tmp / "y_test.npy", y[test_idx])
-            digests["y_test"] = hashlib.sha256(y[test_idx]).digest()
+        moments = Moments(len(source.features)) if standardize else None
+        y_train, y_test, dropped, digests = write_split(tmp, source, test_size, seed, missing, moments)
+        check_labels(np.concatenate([y_train, y_test]), source)
+        if test_size:
+            check_split(y_train, y_test, test_size)
+            np.save(tmp / "y_test.npy", y_test)
+            digests["y_test"] = hashlib.sha256(y_test).digest()
         else:  # the tutorial: evaluate on the training rows, stored once
-            digests = {"X_train": everything}
-            for block in dataset.read_rows(tmp / "X_train.npy") if standardize else ():
-                moments.add(block)
-        np.save(tmp / "y_train.npy", y[train_idx])
-        digests["y_train"] = hashlib.sha256(y[train_idx]).digest()
-        mean, scale = moments.result() if standardize else (None, None)
+            del digests["X_test"]
+        np.save(tmp / "y_train.npy", y_train)
+        digests["y_train"] = hashlib.sha256(y_train).digest()
+        mean, scale = moments.result() if moments is not None else (None, None)
         for name in ("X_train", "X_test") if standardize else ():
             if (tmp / f"{name}.npy").exists():
                 scale_file(tmp / f"{name}.npy", mean, scale)
@@ -329,11 +288,11 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
             features=list(source.features),
             label=source.label,
             source=source.origin,
-            evaluated_on="test" if test_idx.size else "train",
+            evaluated_on="test" if test_size else "train",
             mean=mean,
             scale=scale,
-            n_train=int(train_idx.size),
-            n_test=int(test_idx.size or train_idx.size),
+            n_train=int(y_train.size),
+            n_test=int(y_test.size or y_train.size),
             dropped_rows=dropped,
         )
         meta["sha256"] = _digest(meta, digests)

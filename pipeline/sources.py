@@ -42,16 +42,12 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Source:
-    """A table's names and a way to stream its rows; nothing is read until chunks() is iterated.
-
-    `labels`, where the label column can be read alone (Parquet), gives every label in file order up front.
-    """
+    """A table's names and a way to stream its rows; nothing is read until chunks() is iterated."""
 
     origin: str
     label: str
     features: tuple[str, ...]
     chunks: Callable[[], Iterator[Chunk]]
-    labels: Callable[[], np.ndarray] | None = None
 
 
 def open_source(
@@ -124,11 +120,7 @@ def _file_source(path: Path, header: list[str], chosen: tuple[str, ...], label: 
     def chunks() -> Iterator[Chunk]:  # the next chunk parsed while prepare checks and writes this one
         return read_ahead(parsed())
 
-    def labels() -> np.ndarray:  # one Parquet column alone: about a hundredth of the reading at 100 features
-        blocks = read_blocks(path, header, [label], [], rows, hints)
-        return np.concatenate([np.empty(0, np.float32), *(_labels(b.batch.column(label), positive) for b in blocks)])
-
-    return Source(str(path), label, chosen, chunks, labels if file_format(path) == "parquet" else None)
+    return Source(str(path), label, chosen, chunks)
 
 
 def _labels(labels: Any, positive: str | None) -> np.ndarray:
@@ -179,10 +171,7 @@ def parquet_dataset(
         for source in sources:
             yield from source.chunks()
 
-    def labels() -> np.ndarray:  # each file's label column alone, as parquet_source reads one file's
-        return np.concatenate([source.labels() for source in sources])
-
-    return Source(origin, label, sources[0].features, chunks, labels)
+    return Source(origin, label, sources[0].features, chunks)
 
 
 # ---------------------------------------------------------------- generated and bundled

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from pipeline import preparation
 from pipeline.cli import main
 from pipeline.store import registry
 
@@ -274,7 +275,8 @@ def test_champion_moves_only_on_evidence_or_by_hand(workdir, store_uri):
     strong = pipeline_run(*bc, "train.optimizer=lbfgs", "train.C=1")
     evidence = strong["decision"]["evidence"]
     assert strong["decision"]["promote"] and evidence["low"] > 0 and evidence["method"] == "bootstrap"
-    assert evidence["n"] == 171 and evidence["seed"] == 1 and evidence["resamples"] == 1000
+    assert evidence["n"] == preparation.test_rows(0, 569, 0.3, 1).sum()  # the test rows of the 569
+    assert evidence["seed"] == 1 and evidence["resamples"] == 1000
     middling = pipeline_run(*bc, "train.epochs=20", "train.lr=0.05")
     assert not middling["decision"]["promote"] and middling["decision"]["evidence"]["delta"] < 0
     assert str(client.get_model_version_by_alias("BreastCancer", "champion").version) == str(strong["version"])
@@ -292,7 +294,7 @@ def test_champion_moves_only_on_evidence_or_by_hand(workdir, store_uri):
     lines = invoke("history", *bc_name).output.splitlines()
     champion_moves = [line for line in lines if "@champion" in line]
     assert len(champion_moves) == 3 and "rollback drill" in champion_moves[-1] and "[manual]" in champion_moves[-1]
-    assert "log_loss" in champion_moves[1] and "bootstrap, n=171" in champion_moves[1]
+    assert "log_loss" in champion_moves[1] and f"bootstrap, n={evidence['n']}" in champion_moves[1]
     assert sum("@challenger" in line for line in lines) == 3
     refused = CliRunner().invoke(main, ["promote", "99", "--reason", "x", *bc_name])
     assert refused.exit_code == 1 and "has no version '99'" in refused.output

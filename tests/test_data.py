@@ -121,20 +121,21 @@ def test_breast_cancer_is_bundled(tmp_path):
     assert table.X_train.shape == (569, 30) and set(np.unique(table.y_train)) == {0.0, 1.0}
 
 
-def test_split_is_stratified_seeded_and_disjoint():
-    y = np.array([0] * 60 + [1] * 40, dtype=np.float32)
-    train, test = preparation.stratified_split(y, 0.25, seed=3)
-    again, _ = preparation.stratified_split(y, 0.25, seed=3)
-    other, _ = preparation.stratified_split(y, 0.25, seed=4)
-    assert np.array_equal(train, again) and not np.array_equal(train, other)
-    assert set(train).isdisjoint(test) and len(train) + len(test) == 100
-    assert (y[test] == 0).sum() == 15 and (y[test] == 1).sum() == 10
+def test_split_is_each_rows_own_seeded_draw():
+    split = preparation.test_rows(0, 100_000, 0.25, seed=3)
+    assert np.array_equal(split, preparation.test_rows(0, 100_000, 0.25, seed=3))
+    assert not np.array_equal(split, preparation.test_rows(0, 100_000, 0.25, seed=4))
+    assert split.mean() == pytest.approx(0.25, abs=0.01)
+    # any reader of a part of the table decides its rows alone: rows 500..599 as the whole table's
+    assert np.array_equal(preparation.test_rows(500, 100, 0.25, seed=3), split[500:600])
+    assert not preparation.test_rows(0, 1000, 0.0, seed=3).any()
 
 
-def test_split_that_empties_a_class_is_an_error():
-    y = np.array([0, 0, 0, 1, 1, 1], dtype=np.float32)
-    with pytest.raises(tables.TableError, match="prepare.test_size=0.1 leaves class 0"):
-        preparation.stratified_split(y, 0.1, seed=1)
+def test_split_that_empties_a_class_is_an_error(tmp_path):
+    pd.DataFrame({"a": np.arange(6.0), "y": [0, 0, 0, 1, 1, 1]}).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(tables.TableError, match=r"prepare.test_size=0.1 leaves class \d \(3 rows\) with no test rows"):
+        preparation.prepare_dir(tmp_path / "prep", source(str(tmp_path / "t.parquet")), 0.1, 1, False, "error")
+    assert not (tmp_path / "prep").exists()
 
 
 def test_test_size_zero_evaluates_on_train(tmp_path):
@@ -218,7 +219,7 @@ def test_a_write_that_fails_on_the_writers_thread_is_raised_to_the_caller():
 def test_csv_and_parquet_stream_in_chunks_with_row_numbers(tmp_path, monkeypatch):
     import pandas as pd
 
-    from pipeline import sources, tables
+    from pipeline import tables
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"id": np.arange(3000), "a": rng.normal(size=3000), "y": rng.integers(0, 2, 3000)})
@@ -273,7 +274,6 @@ def test_csv_pieces_parsed_apart_read_as_the_whole_file(tmp_path, monkeypatch, n
 
 
 def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path, monkeypatch):
-    from pipeline import sources
 
     monkeypatch.setattr(sources, "CHUNK_ROWS", 300)
     for module in (preparation, dataset):  # the split pass's blocks, not aligned with the written chunks
@@ -282,9 +282,9 @@ def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path,
     frame = pd.DataFrame(rng.normal(size=(2000, 3)).astype(np.float32), columns=["a", "b", "c"])
     frame["y"] = rng.integers(0, 2, 2000)
     frame.to_parquet(tmp_path / "t.parquet")
-    train, test = preparation.stratified_split(frame["y"].to_numpy(np.float32), 0.3, seed=4)
+    is_test = preparation.test_rows(0, 2000, 0.3, seed=4)
+    train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     X, y = frame[["a", "b", "c"]].to_numpy(), frame["y"].to_numpy(np.float32)
-    # error: the Parquet labels read first, each row written straight to its split; drop: moved after
     for missing in ("error", "drop"):
         meta = preparation.prepare_dir(tmp_path / missing, source(str(tmp_path / "t.parquet")), 0.3, 4, True, missing)
         p = dataset.load_prepared(tmp_path / missing)
@@ -297,28 +297,27 @@ def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path,
         np.testing.assert_allclose(meta["scale"], X[train].std(axis=0, dtype=np.float64), rtol=1e-6)
 
 
-def test_labels_read_first_must_match_the_rows(tmp_path):
-    frame = pd.DataFrame({"a": np.arange(6, dtype=np.float32), "y": [0, 1, 0, 1, 0, 1]})
+def test_a_dropped_row_leaves_every_other_rows_split_as_it_was(tmp_path):
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"a": rng.normal(size=400).astype(np.float32), "y": rng.integers(0, 2, 400)})
     frame.to_parquet(tmp_path / "t.parquet")
-    table = source(str(tmp_path / "t.parquet"))
-    np.testing.assert_array_equal(table.labels(), frame["y"].to_numpy(np.float32))
-    for labels, message in (
-        (np.array([0, 1, 0, 1, 1, 0], np.float32), r"changed while it was read \(labels from row 1 differ\)"),
-        (np.array([0, 1, 0, 1, 0, 1, 0, 1], np.float32), r"changed while it was read \(8 labels, 6 rows\)"),
-    ):
-        changed = sources.Source(table.origin, table.label, table.features, table.chunks, lambda labels=labels: labels)
-        with pytest.raises(tables.TableError, match=message):
-            preparation.prepare_dir(tmp_path / "prep", changed, 0.5, 1, False, "error")
-        assert not (tmp_path / "prep").exists()
-    frame.loc[4, "a"] = np.nan  # the rows streamed after the labels are validated as ever
+    whole = preparation.prepare_dir(tmp_path / "whole", source(str(tmp_path / "t.parquet")), 0.5, 1, False, "error")
+    frame.loc[4, "a"] = np.nan
     frame.to_parquet(tmp_path / "nan.parquet")
     with pytest.raises(tables.TableError, match=r"nan.parquet, row 5, column 'a': missing, NaN or infinite value"):
         preparation.prepare_dir(tmp_path / "prep", source(str(tmp_path / "nan.parquet")), 0.5, 1, False, "error")
     assert not (tmp_path / "prep").exists()
+    meta = preparation.prepare_dir(tmp_path / "drop", source(str(tmp_path / "nan.parquet")), 0.5, 1, False, "drop")
+    assert meta["dropped_rows"] == 1 and meta["n_train"] + meta["n_test"] == whole["n_train"] + whole["n_test"] - 1
+    original, is_test = frame["a"].to_numpy(np.float32), preparation.test_rows(0, 400, 0.5, 1)
+    kept = np.arange(400) != 4
+    a, b = dataset.load_prepared(tmp_path / "whole"), dataset.load_prepared(tmp_path / "drop")
+    np.testing.assert_array_equal(a.X_train[kept[~is_test], 0], original[~is_test & kept])
+    np.testing.assert_array_equal(b.X_train[:, 0], original[~is_test & kept])
+    np.testing.assert_array_equal(b.X_test[:, 0], original[is_test & kept])
 
 
 def test_synthetic_is_a_function_of_seed_and_row_index(tmp_path, monkeypatch):
-    from pipeline import sources
 
     def table(n, seed=7, chunk=1 << 16, block=1 << 16):
         monkeypatch.setattr(sources, "CHUNK_ROWS", chunk)

@@ -271,7 +271,7 @@ def test_a_parquet_table_through_every_stage_then_batch_scoring(project, tmp_pat
     import pyarrow.parquet as pq
     from sklearn.metrics import log_loss, roc_auc_score
 
-    from pipeline.preparation import stratified_split
+    from pipeline.preparation import test_rows
     from pipeline.sources import synthetic
 
     rows, features = 300_000, 20
@@ -302,8 +302,10 @@ def test_a_parquet_table_through_every_stage_then_batch_scoring(project, tmp_pat
     assert f"scored {rows} rows" in out
     p = pq.read_table(scored).column("probability").to_numpy()
     y = pq.read_table(table, columns=["y"]).column("y").to_numpy().astype(np.float32)
-    _, test = stratified_split(y, params["prepare"]["test_size"], params["prepare"]["seed"])  # evaluate's rows
-    assert roc_auc_score(y[test], p[test]) == pytest.approx(metrics["model"]["roc_auc"], abs=1e-9)
+    test = test_rows(0, y.size, params["prepare"]["test_size"], params["prepare"]["seed"])  # evaluate's rows
+    # predict standardises the raw rows itself, prepare wrote them standardised: float32 rounding apart, which can
+    # order a few near-tied pairs of 300k rows differently
+    assert roc_auc_score(y[test], p[test]) == pytest.approx(metrics["model"]["roc_auc"], abs=1e-7)
     assert log_loss(y[test], p[test]) == pytest.approx(metrics["model"]["log_loss"], abs=1e-6)
     assert repro_peak <= bound and predict_peak <= bound, (repro_peak, predict_peak, bound)
 

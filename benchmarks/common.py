@@ -18,7 +18,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore")
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 STAGES = ("prepare", "train", "evaluate", "register", "predict")
 
 
@@ -62,6 +61,14 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
+def _pss(pid: int) -> int:
+    """A process's proportional set size in bytes (0 if it has ended)."""
+    for line in _read(f"/proc/{pid}/smaps_rollup").splitlines():
+        if line.startswith(b"Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def _forkservers() -> list[int]:
     """The pids of the warm pipeline servers running now, and of their forks."""
     return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if b"pipeline.forkserver" in _read(str(p))]
@@ -76,7 +83,11 @@ def _read(path: str) -> bytes:
 
 
 class Watch:
-    """Run commands, sampling their process tree's summed RSS every 20 ms; per named process when `name_of` says.
+    """Run commands, sampling their process tree's summed PSS every 20 ms; per named process when `name_of` says.
+
+    PSS, not RSS: a page several processes share counts once in the sum (split among them), as a stage forked from
+    the warm server shares its imports with its own child, where summed RSS counted them twice. For one process,
+    or processes that share only libraries, the two differ by a few MiB.
 
     Reads /proc directly: psutil's process walk every 20 ms took enough of one of the two cores to stall
     torch's threads (the train stage took 46 s instead of 6 s under it).
@@ -98,7 +109,7 @@ class Watch:
                 # A stage forked from the warm server (pipeline/forkserver.py) is the server's child, not DVC's.
                 # (Its forks show the server's command line too: each pid counted once.)
                 pids = list(dict.fromkeys(_tree(proc.pid) + [p for server in servers for p in _tree(server)[1:]]))
-                rss = sum(int((_read(f"/proc/{p}/statm").split() or [b"0", b"0"])[1]) for p in pids) * PAGE_BYTES
+                rss = sum(_pss(p) for p in pids)
                 self.peak = max(self.peak, rss)
                 cmds = [_read(f"/proc/{p}/cmdline").decode().split("\0") for p in pids]
                 name = next((n for cmd in cmds if (n := self.name_of(cmd))), None)

@@ -9,7 +9,7 @@ from a clean state, --repeats times in alternating order (pipeline first, then s
   (b) the plain script: pandas read_parquet, a stratified train_test_split, StandardScaler,
       LogisticRegression(lbfgs), predict_proba with roc_auc and log_loss on the test split, the model saved
       with joblib, then the whole file scored to Parquet.
-Each run's wall time and peak RSS (its whole process tree summed, sampled every 20 ms) are printed, and each
+Each run's wall time and peak RSS (its whole process tree's PSS summed, sampled every 20 ms) are printed, and each
 side's median run in full: the pipeline's per stage (peak RSS against the bound 1.5 x X + 1 GiB). Then
 `pipeline prepare` of the file (and of a CSV of its first --csv-rows rows) against a process that only reads it
 with pyarrow (--repeats runs each, interleaved; medians), and last `ratio_time: X` and `ratio_rss: Y` (the

@@ -96,12 +96,16 @@ def main() -> None:
 def warm_walls(root: Path, env: dict[str, str], commands: dict[str, str]) -> dict[str, float]:
     """Each stage's command run alone as DVC runs it, forked from a warm server (started first, for this env)."""
     folder = Path(tempfile.gettempdir()) / f"pipeline-forkserver-{os.getuid()}"
-    before = set(folder.glob("*.sock"))
+
+    def forks() -> int:  # commands the servers have run, from their logs
+        return sum(log.read_text().count(" forked ") for log in folder.glob("*.log"))
+
+    before, served = set(folder.glob("*.sock")), forks()
     first = next(iter(commands))
     stage_env = {**env, "DVC_STAGE": first, "DVC_ROOT": str(root)}
     subprocess.run(commands[first].split(), cwd=root, env=stage_env, check=True, capture_output=True)
     deadline = time.monotonic() + 120
-    while not set(folder.glob("*.sock")) - before:
+    while not set(folder.glob("*.sock")) - before and forks() == served:  # started, or DVC's served it
         if time.monotonic() > deadline:
             sys.exit("the warm server did not start")
         time.sleep(0.1)

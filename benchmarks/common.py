@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.forkserver import SERVE
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore")
 STAGES = ("prepare", "train", "evaluate", "register", "predict")
@@ -71,7 +73,8 @@ def _pss(pid: int) -> int:
 
 def _forkservers() -> list[int]:
     """The pids of the warm pipeline servers running now, and of their forks."""
-    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if b"pipeline.forkserver" in _read(str(p))]
+    flag = b"\0" + SERVE.encode() + b"\0"
+    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if flag in _read(str(p))]
 
 
 def _read(path: str) -> bytes:

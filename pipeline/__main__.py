@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pipeline import forkserver, interrupts
 
@@ -26,6 +27,9 @@ def command() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == [forkserver.SERVE]:  # the warm server itself, started by a stage's forward()
+        forkserver.serve(Path(sys.argv[2]), command)
+        os._exit(0)
     code = forkserver.forward(sys.argv, dict(os.environ))  # a DVC stage, run by a warm interpreter
     if code is None:
         code = command()

@@ -10,7 +10,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import forkserver
+_fork = {"safe": False}
+
+
+def fork_is_safe() -> None:
+    """Let InChild fork rather than start a new interpreter: this process is a fork of the warm server."""
+    _fork["safe"] = True
 
 
 class InChild:
@@ -27,7 +32,7 @@ class InChild:
     def __init__(self, fn: Callable[..., Any], *args: Any, stream: bool = False) -> None:
         # Fork after torch's threads or an open sqlite connection is unsafe: a new interpreter, unless this is
         # a fork of the warm server (imports done, one thread; the child uses no store), whose fork costs nothing.
-        warm = forkserver.forked() and threading.active_count() == 1
+        warm = _fork["safe"] and threading.active_count() == 1
         context = multiprocessing.get_context("fork" if warm else "spawn")
         self._name = fn.__name__
         self._conn, child_end = context.Pipe(duplex=False)

@@ -37,10 +37,11 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from pipeline import interrupts
+from pipeline import child, interrupts
 
 IDLE_S = 120  # a sweep's next `dvc exp run` comes sooner; an idle server holds a few hundred MiB
 SWITCH = "PIPELINE_FORKSERVER"
@@ -50,16 +51,11 @@ PRELOAD = (
     "mlflow.store.model_registry.sqlalchemy_store", "torch", "sklearn.linear_model", "sklearn.metrics",
     "matplotlib.figure", "matplotlib.backends.backend_agg", "pandas", "pyarrow.parquet", "pyarrow.csv",
 )  # fmt: skip
+SERVE = "--serve-warm"  # `python -m pipeline --serve-warm SOCKET`: the server, as forward() starts it
 _INT = struct.Struct("!i")
 _PATH_MAX = 107  # a unix socket's path, in bytes, on Linux
 # What a shell changes from one command to the next and no import reads (the working directory is in sys.path)
 _SHELL = {"OLDPWD", "PWD", "SHLVL", "_", "COLUMNS", "LINES"}
-_state = {"forked": False}
-
-
-def forked() -> bool:
-    """Whether this process is a fork of the server (its modules imported, no other thread): fork is safe here."""
-    return _state["forked"]
 
 
 def forward(argv: list[str], env: dict[str, str]) -> int | None:
@@ -123,7 +119,7 @@ def _start(path: Path, env: dict[str, str]) -> None:
     server_env = {k: v for k, v in env.items() if not k.startswith("DVC_")}
     with open(path.with_suffix(".log"), "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "pipeline.forkserver", str(path)], env=server_env, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "pipeline", SERVE, str(path)], env=server_env, stdin=subprocess.DEVNULL,
             stdout=log, stderr=log, start_new_session=True, close_fds=True,
         )  # fmt: skip
 
@@ -193,8 +189,11 @@ def _recv_int(sock: socket.socket) -> int | None:
     return None if data is None else _INT.unpack(data)[0]
 
 
-def serve(path: Path) -> None:
-    """The server: import what the stages need, then fork a process per command until IDLE_S pass without one."""
+def serve(path: Path, command: Callable[[], int]) -> None:
+    """The server: import what the stages need, then fork a process per command until IDLE_S pass without one.
+
+    `command` runs the command in sys.argv and returns its exit code (pipeline.__main__'s).
+    """
     lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 (held for the server's life)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -237,7 +236,7 @@ def serve(path: Path) -> None:
             child = os.fork()
             if child == 0:
                 listener.close()
-                _run_forked(conn)  # never returns
+                _run_forked(conn, command)  # never returns
             conn.close()
             _log(f"forked {child}")
             children.add(child)
@@ -261,7 +260,7 @@ def _log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
 
 
-def _run_forked(conn: socket.socket) -> None:
+def _run_forked(conn: socket.socket, command: Callable[[], int]) -> None:
     """In the fork: become the command (its fds, cwd, environment, argv), run it, send its exit code, exit."""
     code = 1
     try:
@@ -281,12 +280,10 @@ def _run_forked(conn: socket.socket) -> None:
         sys.argv[:] = request["argv"]
         sys.path[:] = request["path"]
         _reopen_stdio(request["env"])
-        _state["forked"] = True
+        child.fork_is_safe()  # imports done, one thread, nothing opened: the stage's child can be a fork too
         import numpy as np
 
         np.random.seed()  # as a new interpreter would be; `random` reseeds itself after a fork
-        from pipeline.__main__ import command
-
         interrupts.install()  # before the command learns this pid: whatever it forwards is handled
         _watch_client(conn)
         conn.sendall(_INT.pack(os.getpid()))
@@ -342,9 +339,3 @@ def _watch_client(conn: socket.socket) -> None:
     fcntl.fcntl(conn.fileno(), fcntl.F_SETOWN, os.getpid())
     flags = fcntl.fcntl(conn.fileno(), fcntl.F_GETFL)
     fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, flags | os.O_ASYNC)
-
-
-if __name__ == "__main__":  # run as a script: serve from the package's own module, whose state the stages read
-    from pipeline import forkserver
-
-    forkserver.serve(Path(sys.argv[1]))

@@ -174,13 +174,16 @@ def registry_lock(mlflow_client: MlflowClient, uri: str, name: str) -> Iterator[
     lock = f"{name}{LOCK_SUFFIX}"
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
+        mine = {**connection.owner_tags(), "since": str(time.time())}
         try:  # a sqlite client defers signals around each call (see connection._deferring_client)
-            mlflow_client.create_registered_model(lock, tags={**connection.owner_tags(), "since": str(time.time())})
+            mlflow_client.create_registered_model(lock, tags=mine)
             break
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         holder = _lock_holder(mlflow_client, lock)
+        if holder is not None and holder.tags == mine:  # MLflow retried a create (timed out) that went through
+            break
         if holder is not None and _stale(holder.tags):  # its owner will not release it: take it over
             again = _lock_holder(mlflow_client, lock)
             if again is not None and again.tags.get("since") == holder.tags.get("since"):
@@ -194,7 +197,11 @@ def registry_lock(mlflow_client: MlflowClient, uri: str, name: str) -> Iterator[
     try:
         yield
     finally:
-        mlflow_client.delete_registered_model(lock)
+        try:
+            mlflow_client.delete_registered_model(lock)
+        except MlflowException as exc:  # gone already: MLflow retried a delete (timed out) that went through
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
 
 
 def _lock_holder(mlflow_client: MlflowClient, lock: str) -> Any:

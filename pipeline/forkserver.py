@@ -28,6 +28,7 @@ import io
 import json
 import os
 import pkgutil
+import resource
 import select
 import signal
 import socket
@@ -101,8 +102,10 @@ def _key(env: dict[str, str]) -> str:
     package = Path(pipeline.__path__[0]).resolve()
     kept = sorted((k, v) for k, v in env.items() if not k.startswith("DVC_") and k not in _SHELL)
     # pip adds and removes folders in site-packages, which changes its mtime
-    installed = [(p, os.stat(p).st_mtime_ns) for p in {sysconfig.get_path(n) for n in ("purelib", "platlib")}]
-    digest.update(json.dumps([sys.executable, sys.version, sys.path, str(package), kept, installed]).encode())
+    installed = [(p, os.stat(p).st_mtime_ns) for p in sorted({sysconfig.get_path(n) for n in ("purelib", "platlib")})]
+    # The fork keeps the server's limits (`ulimit -v`, open files...): a command with others needs its own server.
+    limits = [resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource)) if n.startswith("RLIMIT_")]
+    digest.update(json.dumps([sys.executable, sys.version, sys.path, str(package), kept, installed, limits]).encode())
     for file in sorted(package.rglob("*.py")):
         digest.update(str(file.relative_to(package)).encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()[:32]
@@ -125,7 +128,7 @@ def _start(path: Path, env: dict[str, str]) -> None:
 
 
 def _client(sock: socket.socket, argv: list[str], env: dict[str, str]) -> int:
-    """Hand the command to the server; forward signals to the fork that runs it; its exit code."""
+    """Hand the command to the server; forward signals to the fork that runs it (Ctrl-Z too); its exit code."""
     pid: list[int] = []
     pending: list[int] = []
 
@@ -138,8 +141,19 @@ def _client(sock: socket.socket, argv: list[str], env: dict[str, str]) -> int:
         except ProcessLookupError:
             pass  # it has just ended; its exit code is on the way
 
+    def suspend(signum: int, frame: FrameType | None) -> None:  # Ctrl-Z: stop the fork, then this process
+        relay(signal.SIGSTOP, frame)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+
+    def resume(signum: int, frame: FrameType | None) -> None:  # fg or bg: the fork goes on too
+        signal.signal(signal.SIGTSTP, suspend)
+        relay(signal.SIGCONT, frame)
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, relay)
+    signal.signal(signal.SIGTSTP, suspend)
+    signal.signal(signal.SIGCONT, resume)
     fds = [fd for fd in (0, 1, 2) if _is_open(fd)]
     request = {"argv": argv, "cwd": os.getcwd(), "env": env, "umask": _umask(), "fds": fds, "path": sys.path}
     body = json.dumps(request).encode()

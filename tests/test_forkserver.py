@@ -55,6 +55,13 @@ def wait_for_server(folder: Path, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
+def wait_for_state(pid: int, stopped: bool, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T") != stopped:
+        assert time.monotonic() < deadline, f"process {pid} not {'stopped' if stopped else 'running'}"
+        time.sleep(0.05)
+
+
 def test_stages_forked_from_the_server_write_what_cold_ones_write(project, warm):
     env, folder = warm
     cold = {**env, "PIPELINE_FORKSERVER": "0"}
@@ -107,6 +114,11 @@ def test_signals_reach_a_forked_stage_and_a_vanished_command_stops_it(project, w
         wait_for(training, proc, "training")
         assert len(served(folder)) == count + 1  # it runs in a fork of the server
         forked = served(folder)[-1]
+        if signum == signal.SIGINT:  # Ctrl-Z stops the fork with the command, fg or bg resumes both
+            proc.send_signal(signal.SIGTSTP)
+            wait_for_state(forked, stopped=True)
+            proc.send_signal(signal.SIGCONT)
+            wait_for_state(forked, stopped=False)
         proc.send_signal(signum)
         code = proc.wait(timeout=30)
         if signum == signal.SIGINT:  # forwarded: the stage stops as it would in its own interpreter

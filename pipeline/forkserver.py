@@ -247,13 +247,13 @@ def serve(path: Path, command: Callable[[], int]) -> None:
             if uid != os.getuid():
                 conn.close()
                 continue
-            child = os.fork()
-            if child == 0:
+            pid = os.fork()
+            if pid == 0:
                 listener.close()
                 _run_forked(conn, command)  # never returns
             conn.close()
-            _log(f"forked {child}")
-            children.add(child)
+            _log(f"forked {pid}")
+            children.add(pid)
             last = time.monotonic()
         elif not children and time.monotonic() - last > IDLE_S:
             _log(f"idle for {IDLE_S} s: exiting")

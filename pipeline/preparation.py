@@ -245,8 +245,8 @@ def write_split(
             kept, which = check_chunk(chunk, source, missing)
             is_test = test_rows(position, n, test_size, seed)
             if which is not None:
-                is_test, dropped = is_test[which], dropped + n - kept.X.shape[0]
-            position += n
+                is_test = is_test[which]
+            position, dropped = position + n, dropped + n - kept.X.shape[0]
             rows = np.compress(~is_test, kept.X, axis=0)  # new arrays, as the writers need; twice X[mask]'s speed
             train.write(rows)
             test.write(np.compress(is_test, kept.X, axis=0))

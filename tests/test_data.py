@@ -276,7 +276,7 @@ def test_csv_pieces_parsed_apart_read_as_the_whole_file(tmp_path, monkeypatch, n
 def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources, "CHUNK_ROWS", 300)
-    for module in (preparation, dataset):  # the split pass's blocks, not aligned with the written chunks
+    for module in (preparation, dataset):  # the standardising pass's blocks, not aligned with the source's chunks
         monkeypatch.setattr(module, "CHUNK_ROWS", 128)
     rng = np.random.default_rng(5)
     frame = pd.DataFrame(rng.normal(size=(2000, 3)).astype(np.float32), columns=["a", "b", "c"])

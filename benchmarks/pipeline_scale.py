@@ -84,22 +84,36 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def write_table(path: Path, rows: int, features: int, group_rows: int) -> int:
-    """The synthetic source's rows as Parquet in row groups of group_rows; returns the float32 size of X."""
+def write_table(path: Path, rows: int, features: int, group_rows: int, files: int = 1) -> int:
+    """The synthetic source's rows as Parquet in row groups of group_rows; returns the float32 size of X.
+
+    files > 1: `path` is a folder of that many files (part-00000.parquet, ...) of consecutive rows, as a
+    partitioned dataset is written.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipeline.sources import synthetic
 
     source = synthetic(rows, features, SEED, "y")
-    writer, pending = None, []
+    bounds = [rows * i // files for i in range(1, files + 1)]
+    if files > 1:
+        path.mkdir(parents=True)
+    writer, pending, written, file = None, [], 0, 0
 
     def flush() -> None:
-        nonlocal writer
+        nonlocal writer, written, file
         table = pa.concat_tables(pending)
-        writer = writer or pq.ParquetWriter(path, table.schema)
-        writer.write_table(table, row_group_size=group_rows)
         pending.clear()
+        while table.num_rows:
+            if writer is None:
+                writer = pq.ParquetWriter(path / f"part-{file:05d}.parquet" if files > 1 else path, table.schema)
+            head = table.slice(0, bounds[file] - written)
+            writer.write_table(head, row_group_size=group_rows)
+            written, table = written + head.num_rows, table.slice(head.num_rows)
+            if written == bounds[file]:
+                writer.close()
+                writer, file = None, file + 1
 
     for chunk in source.chunks():
         columns = {name: chunk.X[:, j] for j, name in enumerate(source.features)}
@@ -108,7 +122,6 @@ def write_table(path: Path, rows: int, features: int, group_rows: int) -> int:
             flush()
     if pending:
         flush()
-    writer.close()
     return rows * features * 4
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import files
+from pipeline import engines, files
 from pipeline.tables import (
     check_file,
     csv_header,
@@ -97,29 +96,11 @@ def score_on_ray(
     A task reads its own file with the same reader and validator and scores it with the same `score`: the
     same probabilities, bit for bit. Ray must be connected (pipeline.engines.ray_cluster).
     """
-    import ray
-
     how = _Reading(source.columns, _needed(source, features, keep), features, keep, rows)
-    task, shared = ray.remote(_score_part), ray.put(score)
-    parts, pending = iter(source.parts), collections.deque()
-
-    def submit() -> None:
-        part = next(parts, None)
-        if part is not None:
-            pending.append(task.remote(shared, part, how))
 
     def scored() -> Iterator[tuple[Any, int]]:
-        for _ in range(workers):
-            submit()
         done = 0
-        while pending:
-            try:
-                table = ray.get(pending.popleft())
-            except ray.exceptions.RayTaskError as exc:  # a bad cell: its own message, not a remote traceback
-                for ref in pending:
-                    ray.cancel(ref)
-                raise exc.cause if isinstance(exc.cause, Exception) else exc from None
-            submit()
+        for table in engines.on_ray(workers)(_score_part, source.parts, score, how):
             done += table.num_rows
             yield table, done
 
@@ -154,7 +135,7 @@ def _scored_blocks(score: Score, part: Path, how: _Reading) -> Iterator[tuple[An
         yield _outputs(block.batch.select(list(how.keep)), proba, label), block.done
 
 
-def _score_part(score: Score, part: Path, how: _Reading) -> Any:
+def _score_part(score: Score, how: _Reading, part: Path) -> Any:
     """A Ray task: one file's outputs as one Arrow table."""
     import pyarrow as pa
 

@@ -1,93 +1,149 @@
-"""The prepared dataset on disk: memory-mappable float32 arrays and their meta (prepare writes, every stage reads).
+"""The prepared dataset on disk: float32 arrays in parts and the manifest listing them (prepare writes, all read).
 
-X_train.npy, y_train.npy, X_test.npy, y_test.npy (no test files when test_size is 0: evaluation is on the
-train split) and meta.json: features, label, source, split, the standardisation the rows were written with, sha256.
+A part holds the rows of one file of the source (a single file, `synthetic` or a bundled table: one part):
+X_train-00000.npy, y_train-00000.npy, X_test-00000.npy, y_test-00000.npy (no test files when test_size is 0:
+evaluation is on the train split). meta.json is the manifest: features, label, source, split, the
+standardisation the rows were written with, each part's rows, hashes and moments, and the sha256 of it all.
+A reader of some rows reads only the parts that hold them; with one part, the arrays are memory maps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from pipeline import files
-from pipeline.sources import CHUNK_ROWS
+
+
+def npy_shape(fh: BinaryIO) -> tuple[int, ...]:
+    """The shape of a .npy, read from its header; `fh` is left at the first row."""
+    fmt = np.lib.format
+    read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+    shape, _, _ = read_header(fh)
+    return shape
+
+
+def read_into(fd: int, block: np.ndarray, offset: int, path: Path) -> None:
+    """Fill a contiguous array from a file at `offset` (a read returns at most 2 GiB: as many as it takes)."""
+    view, done = memoryview(block).cast("B"), 0
+    while done < view.nbytes:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise OSError(f"{path}: shorter than its header says")
+        done += n
+
+
+def part_file(name: str, index: int) -> str:
+    """The file of array `name` (X_train, y_train, X_test, y_test) in part `index`."""
+    return f"{name}-{index:05d}.npy"
+
+
+def read_meta(directory: str | Path) -> dict:
+    """meta.json alone (features, split, scaling, parts, sha256) without loading the arrays."""
+    return files.read_json(Path(directory) / "meta.json")
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """The prepared splits (memory-mapped), their features, and the standardisation they were written with."""
+    """The prepared splits, read when first used, and their features and standardisation (from the manifest).
 
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
-    features: tuple[str, ...]
-    label: str
-    source: str
-    evaluated_on: str  # "test", or "train" when test_size is 0 (the tutorial)
-    mean: tuple[float, ...] | None  # X = (raw - mean) / scale; None: X holds the raw features
-    scale: tuple[float, ...] | None
-    sha256: str = ""
+    `train_rows` narrows X_train and y_train to a range of rows (a DDP rank's share): only the parts that hold
+    them are read.
+    """
+
+    directory: Path
+    meta: dict
+    train_rows: slice | None = None  # None: every row
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The feature columns, in the arrays' order."""
+        return tuple(self.meta["features"])
+
+    @property
+    def label(self) -> str:
+        """The source's label column."""
+        return self.meta["label"]
+
+    @property
+    def evaluated_on(self) -> str:
+        """Which split evaluation is on: test, or train when test_size is 0 (the tutorial)."""
+        return self.meta["evaluated_on"]
+
+    @property
+    def mean(self) -> tuple[float, ...] | None:
+        """X = (raw - mean) / scale; None: X holds the raw features."""
+        return None if self.meta["mean"] is None else tuple(self.meta["mean"])
+
+    @property
+    def scale(self) -> tuple[float, ...] | None:
+        """The standard deviations X was divided by; None: X holds the raw features."""
+        return None if self.meta["scale"] is None else tuple(self.meta["scale"])
+
+    @property
+    def sha256(self) -> str:
+        """The manifest's digest: it identifies the prepared data."""
+        return self.meta["sha256"]
+
+    @cached_property
+    def X_train(self) -> np.ndarray:
+        """The train split's features (train_rows of them)."""
+        return self._rows("X_train", self.train_rows or slice(None))
+
+    @cached_property
+    def y_train(self) -> np.ndarray:
+        """The train split's labels (train_rows of them)."""
+        return self._rows("y_train", self.train_rows or slice(None))
+
+    @cached_property
+    def X_test(self) -> np.ndarray:
+        """The evaluation split's features (the train split's when test_size is 0)."""
+        return self._rows("X_test" if self.evaluated_on == "test" else "X_train", slice(None))
+
+    @cached_property
+    def y_test(self) -> np.ndarray:
+        """The evaluation split's labels."""
+        return self._rows("y_test" if self.evaluated_on == "test" else "y_train", slice(None))
+
+    def _rows(self, name: str, rows: slice) -> np.ndarray:
+        """Rows of one array over the parts in order.
+
+        One part: a copy-on-write memory map (nothing read until used; torch.from_numpy takes its writable view
+        without a warning or a copy). Several: the rows read from the parts that hold them into one array
+        (plain reads: no maps left to count twice).
+        """
+        split = name.split("_")[1]
+        counts = [part[split] for part in self.meta["parts"]]
+        start, stop, _ = rows.indices(sum(counts))
+        paths = [self.directory / part_file(name, i) for i in range(len(counts))]
+        if len(paths) == 1:
+            return np.load(paths[0], mmap_mode="c")[start:stop]
+        with paths[0].open("rb") as fh:
+            tail = npy_shape(fh)[1:]
+        out = np.empty((max(0, stop - start), *tail), dtype=np.float32)
+        first = 0
+        for path, count in zip(paths, counts, strict=True):
+            lo, hi = max(start, first), min(stop, first + count)
+            if lo < hi:
+                with path.open("rb", buffering=0) as fh:
+                    npy_shape(fh)
+                    block = out[lo - start : hi - start]
+                    read_into(fh.fileno(), block, fh.tell() + (lo - first) * block[:1].nbytes, path)
+            first += count
+        return out
 
 
-def npy_shape(fh: BinaryIO) -> tuple[int, int]:
-    """The (rows, columns) of a 2-D .npy, read from its header; `fh` is left at the first row."""
-    fmt = np.lib.format
-    read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
-    (n, d), _, _ = read_header(fh)
-    return n, d
+def load_prepared(directory: str | Path, train_rows: slice | None = None) -> Prepared:
+    """The prepared dataset in `directory`: the manifest read now, the arrays when first used."""
+    return Prepared(Path(directory), read_meta(directory), train_rows)
 
 
 def raw_rows(prepared: Prepared, X: np.ndarray) -> np.ndarray:
     """Prepared rows back as raw features, in float64 (within float32 rounding of the source's values)."""
     X = np.asarray(X, dtype=np.float64)
     return X if prepared.mean is None else X * np.asarray(prepared.scale) + np.asarray(prepared.mean)
-
-
-def read_rows(path: Path) -> Iterator[np.ndarray]:
-    """The rows of a float32 .npy, CHUNK_ROWS at a time, by plain reads (no memory map to grow RSS)."""
-    with path.open("rb") as fh:
-        n, d = npy_shape(fh)
-        for start in range(0, n, CHUNK_ROWS):
-            rows = min(CHUNK_ROWS, n - start)
-            yield np.fromfile(fh, dtype=np.float32, count=rows * d).reshape(rows, d)
-
-
-_ARRAYS = ("X_train", "y_train", "X_test", "y_test")
-
-
-def read_meta(directory: str | Path) -> dict:
-    """meta.json alone (features, split, scaling, sha256) without loading the arrays."""
-    return files.read_json(Path(directory) / "meta.json")
-
-
-def array_path(directory: Path, name: str, evaluated_on: str) -> Path:
-    """The file holding one of X_train, y_train, X_test, y_test (the train split's when test_size was 0)."""
-    if name.endswith("_test") and evaluated_on == "train":
-        name = f"{name[:-5]}_train"
-    return directory / f"{name}.npy"
-
-
-def load_prepared(directory: str | Path) -> Prepared:
-    """Map what prepare_dir wrote: copy-on-write memory maps, so nothing is read until used.
-
-    mmap_mode="c" gives writable views (torch.from_numpy takes them without a warning or a copy);
-    writes, which nothing here does, would stay private to this process.
-    """
-    directory = Path(directory)
-    meta = read_meta(directory)
-    arrays = {name: np.load(array_path(directory, name, meta["evaluated_on"]), mmap_mode="c") for name in _ARRAYS}
-    return Prepared(
-        **arrays,
-        features=tuple(meta["features"]),
-        label=meta["label"],
-        source=meta["source"],
-        evaluated_on=meta["evaluated_on"],
-        mean=None if meta["mean"] is None else tuple(meta["mean"]),
-        scale=None if meta["scale"] is None else tuple(meta["scale"]),
-        sha256=meta["sha256"],
-    )

@@ -2,11 +2,56 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pipeline.params import ClusterParams
+
+Map = Callable[..., Iterator[Any]]  # each(fn, items, *shared): fn(*shared, item) for each item, results in order
+
+
+def in_process(fn: Callable[..., Any], items: Iterable[Any], *shared: Any) -> Iterator[Any]:
+    """fn(*shared, item) for each item, one after another in this process."""
+    return (fn(*shared, item) for item in items)
+
+
+def on_ray(workers: int) -> Map:
+    """A Map whose calls are Ray tasks, `workers` in flight, results in item order (Ray must be connected).
+
+    The shared arguments go to the object store once. A task's error is raised as itself (a bad cell's
+    TableError, not a remote traceback), the first in item order, and the tasks still pending are cancelled.
+    """
+
+    def each(fn: Callable[..., Any], items: Iterable[Any], *shared: Any) -> Iterator[Any]:
+        import ray
+
+        task, refs = ray.remote(fn), [ray.put(value) for value in shared]
+        queue, pending = iter(items), deque()
+
+        def submit() -> None:
+            item = next(queue, _END)
+            if item is not _END:
+                pending.append(task.remote(*refs, item))
+
+        for _ in range(workers):
+            submit()
+        while pending:
+            try:
+                result = ray.get(pending.popleft())
+            except ray.exceptions.RayTaskError as exc:
+                for ref in pending:
+                    ray.cancel(ref)
+                raise exc.cause if isinstance(exc.cause, Exception) else exc from None
+            submit()
+            yield result
+
+    return each
+
+
+_END = object()
 
 
 @contextmanager

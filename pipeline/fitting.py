@@ -46,18 +46,17 @@ def fit(emit: Callable[[HistoryChunk], None], prepared_dir: Path, params: TrainP
     from pipeline.model import ModelConfig, checkpoint_bytes
 
     training.warm_up(params)
-    prepared = dataset.load_prepared(prepared_dir)
+    n_total = dataset.read_meta(prepared_dir)["n_train"]
+    prepared = dataset.load_prepared(prepared_dir, rank.rows(n_total))  # this rank reads only its own rows
     config = ModelConfig(len(prepared.features), prepared.features, params.threshold, prepared.mean, prepared.scale)
-    n_total = prepared.y_train.shape[0]
-    mine = rank.rows(n_total)  # slices of the memory map: this rank reads only its own rows
     # The imports' objects (torch's, hundreds of thousands) never become garbage, but every full collection
     # scans them all, once in a few hundred tutorial epochs: freeze them out of its way.
     gc.freeze()
     with process_group(rank, resolve_device(params.device)) as device:
         started = time.monotonic()  # system-wide clock: comparable with the parent's
         result = training.train(
-            prepared.X_train[mine],  # as prepared (standardised there if asked): the config has the raw statistics
-            prepared.y_train[mine],
+            prepared.X_train,  # as prepared (standardised there if asked): the config has the raw statistics
+            prepared.y_train,
             params,
             device,
             _print_now if rank.rank == 0 else (lambda line: None),

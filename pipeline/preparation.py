@@ -1,9 +1,10 @@
 """The prepare stage's computation: validate streamed rows, split, standardise, write the prepared dataset.
 
-Rows stream from pipeline.sources in chunks into a .npy file on disk, so a table of any size is
-held in memory at most once (as the page cache of that file), never as a Python or pandas copy.
-With standardisation on, the arrays are standardised in place once the train split's statistics are known:
-train and scikit-learn's baseline read the same arrays, and no stage makes a scaled copy of X.
+Rows stream from pipeline.sources in chunks into .npy files on disk, a part per file of the source, so a table
+of any size is held in memory at most once (as the page cache of those files), never as a Python or pandas copy.
+Each part is its own work (a Ray task with cluster.engine ray): it decides its rows' split from their positions
+and sums its train rows' moments. With standardisation on, the moments are merged in part order and the parts
+standardised in place: train and scikit-learn's baseline read the same arrays, and no stage makes a scaled copy.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import hashlib
 import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import dataset, files
+from pipeline.engines import Map, in_process
 from pipeline.sources import CHUNK_ROWS, Chunk, Source
 from pipeline.tables import TableError
 
@@ -51,12 +54,14 @@ def check_chunk(chunk: Chunk, source: Source, missing: str) -> tuple[Chunk, np.n
     return Chunk(chunk.X[~rows], chunk.y[~rows], chunk.first_row, chunk.where), ~rows
 
 
-def check_labels(y: np.ndarray, source: Source) -> None:
-    """At least two rows and both classes."""
-    if y.shape[0] < 2:
-        raise TableError(f"{source.origin}: need at least two rows, got {y.shape[0]}")
-    if y.min() == y.max():  # labels are 0/1 by now: no sort needed to count the classes
-        raise TableError(f"{source.origin}, column {source.label!r}: only one class present ({y[0]:g}); need both")
+def check_labels(classes: list[int], source: Source) -> None:
+    """At least two rows and both classes (`classes`: how many rows are 0 and 1)."""
+    if sum(classes) < 2:
+        raise TableError(f"{source.origin}: need at least two rows, got {sum(classes)}")
+    if 0 in classes:
+        raise TableError(
+            f"{source.origin}, column {source.label!r}: only one class present ({classes.index(0) ^ 1}); need both"
+        )
 
 
 def test_rows(first: int, n: int, test_size: float, seed: int) -> np.ndarray:
@@ -76,13 +81,13 @@ def test_rows(first: int, n: int, test_size: float, seed: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 < test_size
 
 
-def check_split(y_train: np.ndarray, y_test: np.ndarray, test_size: float) -> None:
+def check_split(classes: dict[str, list[int]], test_size: float) -> None:
     """Both classes on both sides of a split (a class too small for test_size can end all on one side)."""
-    for cls in (0.0, 1.0):
-        n_test, n_train = int((y_test == cls).sum()), int((y_train == cls).sum())
+    for cls in (0, 1):
+        n_test, n_train = classes["test"][cls], classes["train"][cls]
         if n_test == 0 or n_train == 0:
             raise TableError(
-                f"prepare.test_size={test_size} leaves class {cls:g} ({n_test + n_train} rows) with no "
+                f"prepare.test_size={test_size} leaves class {cls} ({n_test + n_train} rows) with no "
                 f"{'test' if n_test == 0 else 'train'} rows"
             )
 
@@ -182,6 +187,28 @@ class Moments:
         runs = rows[:whole].reshape(-1, self.GROUP_ROWS, rows.shape[1]).sum(axis=1)
         return runs.sum(axis=0, dtype=np.float64) + rows[whole:].sum(axis=0, dtype=np.float64)
 
+    def state(self) -> dict:
+        """What merge() takes: the count, the shift and the sums around it (JSON numbers, exact)."""
+        shift = None if self.shift is None else self.shift.tolist()
+        return {"n": self.n, "shift": shift, "sums": self.sums.tolist(), "squares": self.squares.tolist()}
+
+    def merge(self, state: dict) -> None:
+        """Add another's rows by their sums (a part's, in part order): its sums moved to this shift, in float64.
+
+        Merging one part into an empty Moments gives that part's sums bit for bit; so does every engine that
+        merges the same parts in the same order.
+        """
+        if not state["n"]:
+            return
+        shift = np.asarray(state["shift"], dtype=np.float32)
+        if self.shift is None:
+            self.shift = shift
+        delta = shift.astype(np.float64) - self.shift.astype(np.float64)
+        sums = np.asarray(state["sums"])
+        self.squares += np.asarray(state["squares"]) + 2 * delta * sums + state["n"] * delta**2
+        self.sums += sums + state["n"] * delta
+        self.n += state["n"]
+
     def result(self) -> tuple[list[float], list[float]]:
         """Mean and population standard deviation, as the float32 values X is scaled with; constant columns: 1."""
         offset = self.sums / self.n
@@ -211,8 +238,7 @@ def scale_file(path: Path, mean: list[float], scale: list[float]) -> None:
             buffer = np.empty((min(CHUNK_ROWS, hi - lo), d), dtype=np.float32)
             for start in range(lo, hi, CHUNK_ROWS):
                 block, position = buffer[: min(CHUNK_ROWS, hi - start)], offset + 4 * d * start
-                if os.preadv(fd, [block], position) != block.nbytes:
-                    raise OSError(f"{path}: shorter than its header says")
+                dataset.read_into(fd, block, position, path)
                 os.pwrite(fd, scale_rows(block, mean, scale, out=block), position)
 
         workers = max(1, min(os.cpu_count() or 1, n // CHUNK_ROWS))
@@ -221,32 +247,41 @@ def scale_file(path: Path, mean: list[float], scale: list[float]) -> None:
             list(pool.map(rows, bounds[:-1], bounds[1:]))  # list(): a thread's error is raised here
 
 
-def _digest(meta: dict, arrays: dict[str, bytes]) -> str:
-    """sha256 of the meta and of each array's sha256 (of its rows as read: shapes and scaling are in the meta)."""
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for name in sorted(arrays):
-        h.update(name.encode() + arrays[name])
-    return h.hexdigest()
+@dataclass(frozen=True)
+class Part:
+    """A file of the source (or the whole source), where its rows start in the table, and its number."""
+
+    index: int
+    source: Source
+    first: int  # the position of its first row in the whole source, 0-based, dropped rows counted
 
 
-def write_split(
-    directory: Path, source: Source, test_size: float, seed: int, missing: str, moments: Moments | None
-) -> tuple[np.ndarray, np.ndarray, int, dict[str, bytes]]:
-    """Every row the source keeps, in file order, to X_train.npy or X_test.npy as test_rows decides.
+def source_parts(source: Source) -> list[Part]:
+    """One part per file of a Parquet dataset, placed by the row counts in the files' footers; else one part."""
+    if not source.parts:
+        return [Part(0, source, 0)]
+    firsts = np.cumsum([0, *(part.rows for part in source.parts[:-1])]).tolist()
+    return [Part(i, part, first) for i, (part, first) in enumerate(zip(source.parts, firsts, strict=True))]
 
-    Train rows go to the moments too. Returns the train and test labels, the rows dropped and the files' sha256.
+
+def write_part(directory: Path, test_size: float, seed: int, missing: str, standardize: bool, part: Part) -> dict:
+    """Every row the part keeps, in file order, to its X_train or X_test file as test_rows decides; its labels.
+
+    Returns the part's manifest record: its rows, drops, split and class counts, the files' sha256 (of the rows
+    as read: the scaling is in the manifest) and, when standardising, the moments of its train rows.
     """
-    d, position, dropped = len(source.features), 0, 0
+    source, d, n_read, dropped = part.source, len(part.source.features), 0, 0
     labels: dict[str, list[np.ndarray]] = {"train": [], "test": []}
-    test_file = directory / "X_test.npy" if test_size else Path(os.devnull)  # no split: no test row to write
-    with NpyWriter(directory / "X_train.npy", d) as train, NpyWriter(test_file, d) as test:
+    moments = Moments(d) if standardize else None
+    test_file = directory / dataset.part_file("X_test", part.index) if test_size else Path(os.devnull)
+    with NpyWriter(directory / dataset.part_file("X_train", part.index), d) as train, NpyWriter(test_file, d) as test:
         for chunk in source.chunks():
             n = chunk.X.shape[0]
             kept, which = check_chunk(chunk, source, missing)
-            is_test = test_rows(position, n, test_size, seed)
+            is_test = test_rows(part.first + n_read, n, test_size, seed)
             if which is not None:
                 is_test = is_test[which]
-            position, dropped = position + n, dropped + n - kept.X.shape[0]
+            n_read, dropped = n_read + n, dropped + n - kept.X.shape[0]
             rows = np.compress(~is_test, kept.X, axis=0)  # new arrays, as the writers need; twice X[mask]'s speed
             train.write(rows)
             test.write(np.compress(is_test, kept.X, axis=0))
@@ -254,36 +289,71 @@ def write_split(
             labels["test"].append(kept.y[is_test])
             if moments is not None:
                 moments.add(rows)
-    y = {name: np.concatenate(ys) if ys else np.empty(0, np.float32) for name, ys in labels.items()}
-    return y["train"], y["test"], dropped, {"X_train": train.sha256.digest(), "X_test": test.sha256.digest()}
+    if source.rows is not None and n_read != source.rows:
+        raise TableError(f"{source.origin}: {n_read} rows read, its footer says {source.rows}")
+    splits = ("train", "test") if test_size else ("train",)
+    y = {name: np.concatenate(labels[name]) if labels[name] else np.empty(0, np.float32) for name in splits}
+    digests = {"X_train": train.sha256.hexdigest()} | ({"X_test": test.sha256.hexdigest()} if test_size else {})
+    for name in splits:
+        np.save(directory / dataset.part_file(f"y_{name}", part.index), y[name])
+        digests[f"y_{name}"] = hashlib.sha256(y[name]).hexdigest()
+    return {
+        "source": source.origin,
+        "first_row": part.first,
+        "rows": n_read,
+        "dropped": dropped,
+        "train": int(y["train"].size),
+        "test": int(y["test"].size) if test_size else 0,
+        "classes": {name: [int((y[name] == 0).sum()), int((y[name] == 1).sum())] for name in splits},
+        "sha256": digests,
+        "moments": None if moments is None else moments.state(),
+    }
 
 
-def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, standardize: bool, missing: str) -> dict:
-    """Stream the source into `out` (atomically): validated, split, standardiser fitted on train only.
+def scale_part(directory: Path, mean: list[float], scale: list[float], index: int) -> None:
+    """Standardise a part's X files in place."""
+    for name in ("X_train", "X_test"):
+        path = directory / dataset.part_file(name, index)
+        if path.exists():
+            scale_file(path, mean, scale)
 
-    `missing` ("error" or "drop") says what a row with a missing feature or label does; meta counts the drops.
 
-    Writes X_train.npy / y_train.npy (and X_test / y_test unless test_size is 0) plus meta.json;
+def prepare_dir(
+    out: str | Path,
+    source: Source,
+    test_size: float,
+    seed: int,
+    standardize: bool,
+    missing: str,
+    each: Map = in_process,
+) -> dict:
+    """Stream the source into `out` (atomically), a part per file: validated, split, standardiser fitted on train.
+
+    `missing` ("error" or "drop") says what a row with a missing feature or label does; the manifest counts the
+    drops. `each` runs the parts' work: here one after another, or as Ray tasks (pipeline.engines); the parts,
+    their moments merged in part order and the manifest are the same bits either way.
+
+    Writes each part's X_train / y_train (and X_test / y_test unless test_size is 0) plus meta.json;
     returns the meta, whose sha256 identifies the prepared data.
     """
     meta: dict = {}
+    parts = source_parts(source)
 
     def fill(tmp: Path) -> None:
-        moments = Moments(len(source.features)) if standardize else None
-        y_train, y_test, dropped, digests = write_split(tmp, source, test_size, seed, missing, moments)
-        check_labels(np.concatenate([y_train, y_test]), source)
+        records = list(each(write_part, parts, tmp, test_size, seed, missing, standardize))
+        splits = ("train", "test") if test_size else ("train",)
+        classes = {name: [sum(r["classes"][name][c] for r in records) for c in (0, 1)] for name in splits}
+        check_labels([sum(counts) for counts in zip(*classes.values(), strict=True)], source)
         if test_size:
-            check_split(y_train, y_test, test_size)
-            np.save(tmp / "y_test.npy", y_test)
-            digests["y_test"] = hashlib.sha256(y_test).digest()
-        else:  # the tutorial: evaluate on the training rows, stored once
-            del digests["X_test"]
-        np.save(tmp / "y_train.npy", y_train)
-        digests["y_train"] = hashlib.sha256(y_train).digest()
-        mean, scale = moments.result() if moments is not None else (None, None)
-        for name in ("X_train", "X_test") if standardize else ():
-            if (tmp / f"{name}.npy").exists():
-                scale_file(tmp / f"{name}.npy", mean, scale)
+            check_split(classes, test_size)
+        mean = scale = None
+        if standardize:
+            moments = Moments(len(source.features))
+            for record in records:
+                moments.merge(record["moments"])
+            mean, scale = moments.result()
+            list(each(scale_part, range(len(parts)), tmp, mean, scale))
+        n_train = sum(r["train"] for r in records)
         meta.update(
             features=list(source.features),
             label=source.label,
@@ -291,11 +361,12 @@ def prepare_dir(out: str | Path, source: Source, test_size: float, seed: int, st
             evaluated_on="test" if test_size else "train",
             mean=mean,
             scale=scale,
-            n_train=int(y_train.size),
-            n_test=int(y_test.size or y_train.size),
-            dropped_rows=dropped,
+            n_train=n_train,
+            n_test=sum(r["test"] for r in records) or n_train,
+            dropped_rows=sum(r["dropped"] for r in records),
+            parts=records,
         )
-        meta["sha256"] = _digest(meta, digests)
+        meta["sha256"] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     files.write_dir(out, fill)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class Source:
     label: str
     features: tuple[str, ...]
     chunks: Callable[[], Iterator[Chunk]]
+    rows: int | None = None  # how many rows chunks() gives, where a file's footer says it before reading
+    parts: tuple[Source, ...] = ()  # a dataset's files, each a Source, in order; (): the source is one part
 
 
 def open_source(
@@ -142,7 +145,8 @@ def parquet_source(path: Path, label: str, features: list[str] | None, positive:
     """A Parquet file read one record batch at a time, only the needed columns."""
     import pyarrow as pa
 
-    schema = parquet_metadata(path).schema.to_arrow_schema()
+    metadata = parquet_metadata(path)
+    schema = metadata.schema.to_arrow_schema()
     header = check_header(str(path), list(schema.names))
     chosen = _columns(str(path), header, label, features)
     for name in chosen if positive is not None else (label, *chosen):
@@ -150,7 +154,7 @@ def parquet_source(path: Path, label: str, features: list[str] | None, positive:
         boolean_label = name == label and pa.types.is_boolean(kind)  # True is 1
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or boolean_label):
             raise TableError(f"{path}, column {name!r}: not numeric ({kind})")
-    return _file_source(path, header, chosen, label, positive)
+    return dataclasses.replace(_file_source(path, header, chosen, label, positive), rows=metadata.num_rows)
 
 
 def parquet_dataset(
@@ -171,7 +175,7 @@ def parquet_dataset(
         for source in sources:
             yield from source.chunks()
 
-    return Source(origin, label, sources[0].features, chunks)
+    return Source(origin, label, sources[0].features, chunks, sum(s.rows for s in sources), tuple(sources))
 
 
 # ---------------------------------------------------------------- generated and bundled

@@ -105,12 +105,12 @@ def test_stages_in_order(workdir, store_uri, capfd):
 
 def test_bad_csv_fails_clearly_and_keeps_earlier_outputs(workdir):
     assert invoke("prepare").exit_code == 0
-    before = (workdir / "data/prepared/X_train.npy").read_bytes()
+    before = (workdir / "data/prepared/X_train-00000.npy").read_bytes()
     (workdir / "data/raw/bad.csv").write_text("x1,x2,y\n1,2,0\n2,oops,1\n")
     result = CliRunner().invoke(main, ["prepare", "--set", "prepare.source=data/raw/bad.csv"])
     assert result.exit_code == 1
     assert "data/raw/bad.csv, row 3, column 'x2': not a number: 'oops'" in result.output
-    assert (workdir / "data/prepared/X_train.npy").read_bytes() == before
+    assert (workdir / "data/prepared/X_train-00000.npy").read_bytes() == before
 
 
 def test_messy_table_with_positive_and_missing_drop(workdir, store_uri):
@@ -298,3 +298,43 @@ def test_champion_moves_only_on_evidence_or_by_hand(workdir, store_uri):
     assert sum("@challenger" in line for line in lines) == 3
     refused = CliRunner().invoke(main, ["promote", "99", "--reason", "x", *bc_name])
     assert refused.exit_code == 1 and "has no version '99'" in refused.output
+
+
+def test_run_on_ray_over_a_parquet_folder_gives_the_local_engines_parts_and_metrics(workdir):
+    """cluster.engine ray: prepare's parts written by tasks on a real local Ray instance, the same bits and metrics."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(6000, 4)).astype(np.float32) * [1, 3, 0.5, 2] + [0, 5, -1, 2]
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    frame["y"] = (rng.random(6000) < 1 / (1 + np.exp(-(X[:, 0] - 0.2 * X[:, 1] + 1)))).astype(int)
+    folder = workdir / "data/raw/table"
+    folder.mkdir()
+    for i, (lo, hi) in enumerate([(0, 2500), (2500, 4100), (4100, 6000)]):
+        frame.iloc[lo:hi].to_parquet(folder / f"part-{i}.parquet")
+    args = ["--set", f"prepare.source={folder}", "--set", "prepare.test_size=0.25", "--set", "prepare.standardize=true"]
+    args += ["--set", "train.epochs=50", "--set", "train.log_every=50"]
+    local = CliRunner().invoke(main, ["run", *args, "--out-dir", "local"])
+    assert local.exit_code == 0, local.output
+    on_ray = ["--set", "cluster.engine=ray", "--set", "cluster.workers=2"]
+    result = CliRunner().invoke(main, ["run", *args, *on_ray, "--out-dir", "ray"])
+    assert result.exit_code == 0, result.output
+    assert "in 3 parts on Ray (2 tasks at a time)" in result.output
+    prepared = {engine: workdir / engine / "prepared" for engine in ("local", "ray")}
+    names = sorted(p.name for p in prepared["local"].iterdir())
+    assert names == sorted(p.name for p in prepared["ray"].iterdir()) and len(names) == 13  # 3 parts x 4 + manifest
+    for name in names:
+        assert (prepared["ray"] / name).read_bytes() == (prepared["local"] / name).read_bytes(), name
+    manifest = json.loads((prepared["ray"] / "meta.json").read_text())
+    assert [(p["first_row"], p["rows"]) for p in manifest["parts"]] == [(0, 2500), (2500, 1600), (4100, 1900)]
+    metrics = {engine: json.loads((workdir / engine / "evaluate.json").read_text()) for engine in ("local", "ray")}
+    assert metrics["ray"] == metrics["local"]
+
+    bad = frame.iloc[2500:4100].copy()
+    bad.loc[bad.index[7], "c"] = np.inf
+    bad.to_parquet(folder / "part-1.parquet")
+    before = (prepared["ray"] / "meta.json").read_bytes()
+    result = CliRunner().invoke(main, ["prepare", "--prepared", str(prepared["ray"]), *args, *on_ray])
+    assert result.exit_code == 1 and "part-1.parquet, row 8, column 'c': missing, NaN or infinite" in result.output
+    assert "Traceback" not in result.output and (prepared["ray"] / "meta.json").read_bytes() == before

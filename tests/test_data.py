@@ -152,7 +152,8 @@ def test_test_size_zero_evaluates_on_train(tmp_path):
         [5, 3],
         [6, 2],
     ]
-    assert sorted(f.name for f in (tmp_path / "prep").iterdir()) == ["X_train.npy", "meta.json", "y_train.npy"]
+    written = sorted(f.name for f in (tmp_path / "prep").iterdir())
+    assert written == ["X_train-00000.npy", "meta.json", "y_train-00000.npy"]
 
 
 @pytest.mark.parametrize("test_size", [0.2, 0.0])
@@ -276,8 +277,7 @@ def test_csv_pieces_parsed_apart_read_as_the_whole_file(tmp_path, monkeypatch, n
 def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources, "CHUNK_ROWS", 300)
-    for module in (preparation, dataset):  # the standardising pass's blocks, not aligned with the source's chunks
-        monkeypatch.setattr(module, "CHUNK_ROWS", 128)
+    monkeypatch.setattr(preparation, "CHUNK_ROWS", 128)  # the standardising pass's blocks, unaligned with chunks
     rng = np.random.default_rng(5)
     frame = pd.DataFrame(rng.normal(size=(2000, 3)).astype(np.float32), columns=["a", "b", "c"])
     frame["y"] = rng.integers(0, 2, 2000)
@@ -292,7 +292,7 @@ def test_split_moves_each_row_to_its_split_in_file_order_across_blocks(tmp_path,
         np.testing.assert_array_equal(p.X_test, preparation.scale_rows(X[test], meta["mean"], meta["scale"]))
         np.testing.assert_array_equal(p.y_train, y[train])
         np.testing.assert_array_equal(p.y_test, y[test])
-        assert (tmp_path / missing / "X_train.npy").stat().st_size == 128 + 4 * 3 * train.size  # no tail left
+        assert (tmp_path / missing / "X_train-00000.npy").stat().st_size == 128 + 4 * 3 * train.size  # no tail left
         np.testing.assert_allclose(meta["mean"], X[train].mean(axis=0, dtype=np.float64), atol=1e-7)  # float32 shift
         np.testing.assert_allclose(meta["scale"], X[train].std(axis=0, dtype=np.float64), rtol=1e-6)
 
@@ -424,3 +424,41 @@ def test_a_parquet_dataset_names_the_file_and_its_row(tmp_path):
         source(str(folder))
     with pytest.raises(tables.TableError, match="no .parquet file in this folder or glob"):
         source(str(tmp_path / "nothing" / "*.parquet"))
+
+
+def test_a_part_per_file_and_a_manifest_and_a_reader_of_some_rows_reads_only_their_parts(tmp_path):
+    """Parts placed by the files' footers, recorded in the manifest; a DDP rank's rows come from its parts alone."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(5000, 3)).astype(np.float32) * [1, 4, 9] + [0, 3, -7]
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    frame["y"] = rng.integers(0, 2, 5000)
+    folder = tmp_path / "table"
+    folder.mkdir()
+    for i, (lo, hi) in enumerate([(0, 2000), (2000, 3100), (3100, 5000)]):
+        frame.iloc[lo:hi].to_parquet(folder / f"{i}.parquet")
+    meta = preparation.prepare_dir(tmp_path / "p", source(str(folder)), 0.25, 3, True, "error")
+    parts = meta["parts"]
+    assert [(p["source"], p["first_row"], p["rows"]) for p in parts] == [
+        (str(folder / "0.parquet"), 0, 2000),
+        (str(folder / "1.parquet"), 2000, 1100),
+        (str(folder / "2.parquet"), 3100, 1900),
+    ]
+    is_test = preparation.test_rows(0, 5000, 0.25, seed=3)
+    assert [p["test"] for p in parts] == [int(is_test[p["first_row"] :][: p["rows"]].sum()) for p in parts]
+    assert sum(p["train"] for p in parts) == meta["n_train"] == int((~is_test).sum())
+    train = frame[["a", "b", "c"]].to_numpy(np.float64)[~is_test]
+    np.testing.assert_allclose(meta["mean"], train.mean(axis=0), rtol=1e-6, atol=1e-6)  # merged across the parts
+    np.testing.assert_allclose(meta["scale"], train.std(axis=0), rtol=1e-6)
+    one = preparation.Moments(3)
+    one.merge(parts[0]["moments"])
+    assert one.state() == parts[0]["moments"]  # a part merged alone is its own sums, bit for bit
+
+    whole = dataset.load_prepared(tmp_path / "p")
+    assert whole.X_train.shape == (meta["n_train"], 3) and whole.X_test.shape == (meta["n_test"], 3)
+    in_first_two = parts[0]["train"] + parts[1]["train"]
+    (tmp_path / "p" / "X_train-00002.npy").unlink()  # a rank whose rows are in parts 0 and 1 never opens part 2
+    rank = dataset.load_prepared(tmp_path / "p", slice(100, in_first_two))
+    assert np.array_equal(rank.X_train, whole.X_train[100:in_first_two])
+    assert np.array_equal(rank.y_train, whole.y_train[100:in_first_two])
+    with pytest.raises(FileNotFoundError, match="X_train-00002.npy"):
+        _ = dataset.load_prepared(tmp_path / "p", slice(100, in_first_two + 1)).X_train

@@ -18,7 +18,7 @@ from tests.conftest import run_env, sh
 from tests.test_e2e import assert_up_to_date, dvc
 from tests.test_serving import free_port
 
-OUTPUTS = ("data/prepared/X_train.npy", "models/model.pt", "models/mlflow_run.json", "metrics/evaluate.json")
+OUTPUTS = ("data/prepared/X_train-00000.npy", "models/model.pt", "models/mlflow_run.json", "metrics/evaluate.json")
 
 
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 90) -> None:

@@ -153,15 +153,19 @@ def test_a_stage_imports_nothing_outside_its_deps_at_run_time(project):
         assert "pipeline.cli" in loaded, proc.stderr[-3000:]
         assert loaded <= code_deps(stage), f"{stage}: imported at run time, not a dep: {loaded - code_deps(stage)}"
 
-    # A change to the cell validator is a change to prepare, and so to every stage after it.
-    with (project / "pipeline" / "tables.py").open("a") as fh:
-        fh.write("# parsed differently now\n")
+    # A change to the prepared format is a change to every stage that writes or reads it; a change to the cell
+    # validator is one to the stages that parse cells (prepare, and register's served model), not to train's.
+    for module in ("dataset.py", "tables.py"):
+        with (project / "pipeline" / module).open("a") as fh:
+            fh.write("# changed now\n")
     status = json.loads(sh(["dvc", "status", "--json"], project, env).stdout)
     changed = {stage: {k: v for entry in entries if entry != "always changed"
                        for k, v in entry.get("changed deps", {}).items()}
                for stage, entries in status.items()}  # fmt: skip
     assert set(changed) == set(stage_commands()), status  # prepare, and every stage after it
-    assert changed["prepare"] == {"pipeline/tables.py": "modified"} and not changed["tracking"], status
+    both = {"pipeline/dataset.py": "modified", "pipeline/tables.py": "modified"}
+    assert changed["prepare"] == changed["register"] == both and not changed["tracking"], status
+    assert changed["train"] == changed["evaluate"] == {"pipeline/dataset.py": "modified"}, status
 
 
 COMMITTED = ["dvc.lock", "models/tracking.json", "models/history.csv", "metrics", "plots"]

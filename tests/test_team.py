@@ -144,7 +144,7 @@ def test_dvc_remote_round_trip_reproduces_the_champions_evaluation(team_server, 
     clone = project.parent / "clone"
     sh(["git", "clone", "-q", str(project), str(clone)], project.parent, env)
     sh([sys.executable, "-m", "dvc", "pull"], clone, env)
-    for output in ("data/prepared/X_train.npy", "models/model.pt"):
+    for output in ("data/prepared/X_train-00000.npy", "models/model.pt"):
         assert (clone / output).read_bytes() == (project / output).read_bytes()
     # The clone re-evaluates the pulled model on the pulled data: the champion's numbers, exactly. It has no
     # record of the training run (a record of a store, not a DVC output): the store finds it by the checkpoint.

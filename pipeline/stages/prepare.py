@@ -11,13 +11,18 @@ from pipeline.workspace import Context
 
 def execute(ctx: Context, prepared_dir: Path) -> dict:
     """Read prepare.source, validate, split, standardise and write the prepared dataset; returns its meta."""
-    from pipeline import preparation
+    from pipeline import engines, preparation
     from pipeline.sources import open_source
 
-    p = ctx.params.prepare
+    p, cluster = ctx.params.prepare, ctx.params.cluster
     n, d = p.synthetic.n_samples, p.synthetic.n_features
     source = open_source(p.source, p.label, p.features, n, d, p.seed, p.positive)
-    meta = preparation.prepare_dir(prepared_dir, source, p.test_size, p.seed, p.standardize, p.missing)
+    args = (prepared_dir, source, p.test_size, p.seed, p.standardize, p.missing)
+    if cluster.engine == "ray":  # a task per file of the source: the same parts and manifest, bit for bit
+        with engines.ray_cluster(cluster) as workers:
+            meta = preparation.prepare_dir(*args, engines.on_ray(workers))
+    else:
+        meta = preparation.prepare_dir(*args)
     if meta["dropped_rows"]:
         click.echo(f"dropped {meta['dropped_rows']} rows with a missing feature or label (prepare.missing: drop)")
     split = (
@@ -25,8 +30,10 @@ def execute(ctx: Context, prepared_dir: Path) -> dict:
         if meta["evaluated_on"] == "train"
         else f"{meta['n_train']} train and {meta['n_test']} test rows"
     )
+    parts = f" in {len(meta['parts'])} parts"
+    parts += f" on Ray ({workers} tasks at a time)" if cluster.engine == "ray" else ""
     click.echo(
-        f"prepared {split}, {len(meta['features'])} features from {source.origin} -> {prepared_dir} "
+        f"prepared {split}, {len(meta['features'])} features from {source.origin} -> {prepared_dir}{parts} "
         f"(sha256 {meta['sha256'][:12]})"
     )
     return meta

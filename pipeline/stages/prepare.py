@@ -30,7 +30,7 @@ def execute(ctx: Context, prepared_dir: Path) -> dict:
         if meta["evaluated_on"] == "train"
         else f"{meta['n_train']} train and {meta['n_test']} test rows"
     )
-    parts = f" in {len(meta['parts'])} parts"
+    parts = f" in {len(meta['parts'])} part{'s' if len(meta['parts']) > 1 else ''}"
     parts += f" on Ray ({workers} tasks at a time)" if cluster.engine == "ray" else ""
     click.echo(
         f"prepared {split}, {len(meta['features'])} features from {source.origin} -> {prepared_dir}{parts} "

@@ -27,6 +27,12 @@ def command() -> int:
 
 
 if __name__ == "__main__":
+    # MKL picks its kernels by CPU, and on an AVX-512 machine its sgemm rounded otherwise than on those before it:
+    # the same params and data recorded another training history (`make run` changed dvc.lock and history.csv).
+    # Its AVX path gives every x86 CPU since 2011 the same bits, slower than its AVX2 one but faster than its
+    # compatible one for torch's products; lbfgs's passes over large X use numpy's BLAS, not MKL. Set before
+    # torch loads MKL; the stage's children, torchrun's ranks and the warm server inherit it.
+    os.environ.setdefault("MKL_CBWR", "AVX")
     if sys.argv[1:2] == [forkserver.SERVE]:  # the warm server itself, started by a stage's forward()
         forkserver.serve(Path(sys.argv[2]), command)
         os._exit(0)

@@ -178,11 +178,18 @@ def test_a_tracking_server_that_dies_mid_run_ends_it_with_one_message(project, t
     log = tmp_path / "run.log"
     long_run = [sys.executable, "-m", "pipeline", "run", "--set", "train.epochs=100000000", "--set",
                 "train.log_every=2000"]  # fmt: skip
+    client = MlflowClient(url)
     for ending in ("server death", "SIGTERM while it retries"):
         server = start_tracking_server(store, port)
         with log.open("w") as out:
             proc = subprocess.Popen(long_run, cwd=project, env=env, stdout=out, stderr=out)
-        wait_for(lambda: "Epoch 2000/" in log.read_text(), proc, "training with the server up")
+        # Training runs beside the store work: on a fast machine epoch 2000 came before the runs were created.
+        # (The second run's start marks those the first left RUNNING as KILLED: RUNNING are this run's two.)
+        wait_for(
+            lambda: "Epoch 2000/" in log.read_text() and statuses(client).count("RUNNING") == 2,
+            proc,
+            "training with its runs in the store",
+        )
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
         died = time.monotonic()
@@ -202,7 +209,6 @@ def test_a_tracking_server_that_dies_mid_run_ends_it_with_one_message(project, t
     server = start_tracking_server(store, port)
     try:
         sh([sys.executable, "-m", "pipeline", "history"], project, env, ok=False)
-        client = MlflowClient(url)
         found = statuses(client)
         assert "RUNNING" not in found and found.count("KILLED") == 4, found
     finally:

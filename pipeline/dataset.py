@@ -10,7 +10,7 @@ A reader of some rows reads only the parts that hold them; with one part, the ar
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
@@ -59,6 +59,7 @@ class Prepared:
     directory: Path
     meta: dict
     train_rows: slice | None = None  # None: every row
+    part: int | None = None  # one part's rows alone (a Ray task's); None: every part's
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -110,6 +111,10 @@ class Prepared:
         """The evaluation split's labels."""
         return self._rows("y_test" if self.evaluated_on == "test" else "y_train", slice(None))
 
+    def only(self, part: int) -> Prepared:
+        """The rows of one part alone (X_test and y_test its evaluation rows, X_train and y_train its train rows)."""
+        return replace(self, part=part)
+
     def _rows(self, name: str, rows: slice) -> np.ndarray:
         """Rows of one array over the parts in order.
 
@@ -118,9 +123,10 @@ class Prepared:
         (plain reads: no maps left to count twice).
         """
         split = name.split("_")[1]
-        counts = [part[split] for part in self.meta["parts"]]
+        indices = range(len(self.meta["parts"])) if self.part is None else [self.part]
+        counts = [self.meta["parts"][i][split] for i in indices]
         start, stop, _ = rows.indices(sum(counts))
-        paths = [self.directory / part_file(name, i) for i in range(len(counts))]
+        paths = [self.directory / part_file(name, i) for i in indices]
         if len(paths) == 1:
             return np.load(paths[0], mmap_mode="c")[start:stop]
         with paths[0].open("rb") as fh:

@@ -144,8 +144,10 @@ def recorded(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def baseline_proba(model: LogisticRegression, X: np.ndarray) -> np.ndarray:
-    """Probability of class 1 (of prepared rows: finite, as prepare checked)."""
+    """Probability of class 1 (of prepared rows: finite, as prepare checked); none for none (a part may have none)."""
     import sklearn
 
+    if not len(X):  # scikit-learn refuses an empty array
+        return np.empty(0)
     with sklearn.config_context(assume_finite=True):
         return model.predict_proba(X)[:, list(model.classes_).index(1)]

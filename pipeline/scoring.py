@@ -15,7 +15,7 @@ from pipeline.store import registry
 
 if TYPE_CHECKING:
     from pipeline.dataset import Prepared
-    from pipeline.params import BaselineParams
+    from pipeline.params import BaselineParams, ClusterParams
 
 
 class FeatureMismatch(ValueError):
@@ -64,7 +64,11 @@ class Compared:
 
 
 def compare(
-    emit: Callable[[Compared], None], prepared_dir: Path, model_path: Path, params: BaselineParams
+    emit: Callable[[Compared], None],
+    prepared_dir: Path,
+    model_path: Path,
+    params: BaselineParams,
+    cluster: ClusterParams,
 ) -> dict[str, dict[str, bytes]]:
     """BinaryClassifier and scikit-learn's baseline scored on the evaluation split (evaluate's child process).
 
@@ -73,15 +77,35 @@ def compare(
 
     The baseline fits on the prepared train split itself (standardised by prepare where asked; scikit-learn
     has no scaling of its own): no scaled copy. scikit-learn fits float32 as it is (lbfgs included: no
-    float64 copy).
+    float64 copy). With cluster.engine ray, the rows are scored part by part in Ray tasks: the same probabilities.
     """
+    from pipeline import dataset, figures, metrics
+
+    prepared = dataset.load_prepared(prepared_dir)
+    evaluated = _evaluated_on_ray if cluster.engine == "ray" else _evaluated_here
+    results, (cost, accuracy) = evaluated(prepared, model_path, params, cluster)
+    compared = Compared(
+        {k: metrics.recorded(r[0]) for k, r in results.items()},
+        {FAMILIES[k]: r[1] for k, r in results.items()},
+        {"cost": cost, "accuracy": accuracy},
+        int(prepared.y_test.shape[0]),
+    )
+    emit(compared)
+    by_name = compared.by_name()  # each run's own curves: the UI's Compare shows them side by side
+    return {f: figures.render({n: compared.curves[n]}, by_name, compared.rows) for f, n in FAMILIES.items()}
+
+
+Evaluated = tuple[dict[str, tuple[dict[str, float], Any]], tuple[float, float]]  # results by family; baseline fit
+
+
+def _evaluated_here(prepared: Prepared, model_path: Path, params: BaselineParams, cluster: ClusterParams) -> Evaluated:
+    """Both models' metrics and curves, and the baseline's cost and accuracy on its train rows, in this process."""
     from concurrent.futures import ThreadPoolExecutor
 
     import sklearn.linear_model  # noqa: F401  before torch: see below
 
-    from pipeline import dataset, figures, metrics
+    from pipeline import metrics
 
-    prepared = dataset.load_prepared(prepared_dir)
     y = prepared.y_test
 
     def ours() -> tuple[Scores, tuple[dict[str, float], Any]]:
@@ -103,14 +127,38 @@ def compare(
             )
         )
         theirs = metrics.evaluation(y, test_proba, threshold)
-        cost, accuracy = fitted.result()
-    results = {"model": model_results, "baseline": theirs}
-    compared = Compared(
-        {k: metrics.recorded(r[0]) for k, r in results.items()},
-        {FAMILIES[k]: r[1] for k, r in results.items()},
-        {"cost": cost, "accuracy": accuracy},
-        int(y.shape[0]),
-    )
-    emit(compared)
-    by_name = compared.by_name()  # each run's own curves: the UI's Compare shows them side by side
-    return {f: figures.render({n: compared.curves[n]}, by_name, compared.rows) for f, n in FAMILIES.items()}
+        return {"model": model_results, "baseline": theirs}, fitted.result()
+
+
+def _evaluated_on_ray(
+    prepared: Prepared, model_path: Path, params: BaselineParams, cluster: ClusterParams
+) -> Evaluated:
+    """_evaluated_here's results with the baseline fitted here and each part's rows scored by a Ray task.
+
+    A row's probability does not depend on the rows scored with it: the same probabilities, and so the same
+    metrics, as the local engine's.
+    """
+    from pipeline import engines, metrics
+
+    baseline = metrics.fit_baseline(prepared.X_train, prepared.y_train, params)
+    with engines.ray_cluster(cluster) as workers:
+        each = engines.on_ray(workers)
+        parts = list(each(_score_part, range(len(prepared.meta["parts"])), prepared.directory, model_path, baseline))
+    model, test_proba, train_proba = (np.concatenate(arrays) for arrays in list(zip(*parts, strict=True))[:3])
+    threshold = parts[0][3]
+    y = prepared.y_test
+    results = {
+        "model": metrics.evaluation(y, model, threshold),
+        "baseline": metrics.evaluation(y, test_proba, threshold),
+    }
+    return results, metrics.cost_and_accuracy(prepared.y_train, train_proba, threshold)
+
+
+def _score_part(directory: Path, model_path: Path, baseline: Any, index: int) -> tuple[Any, ...]:
+    """A Ray task: one part's rows scored by both models (the model's threshold last)."""
+    from pipeline import dataset, metrics
+
+    part = dataset.load_prepared(directory).only(index)
+    scores = score_checkpoint(model_path, part)
+    on_test, on_train = (metrics.baseline_proba(baseline, X) for X in (part.X_test, part.X_train))
+    return scores.proba, on_test, on_train, scores.threshold

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -301,7 +302,7 @@ def test_champion_moves_only_on_evidence_or_by_hand(workdir, store_uri):
 
 
 def test_run_on_ray_over_a_parquet_folder_gives_the_local_engines_parts_and_metrics(workdir):
-    """cluster.engine ray: prepare's parts written by tasks on a real local Ray instance, the same bits and metrics."""
+    """cluster.engine ray: prepare's parts and evaluate's scores from tasks on a real local Ray instance: same bits."""
     import numpy as np
     import pandas as pd
 
@@ -311,7 +312,7 @@ def test_run_on_ray_over_a_parquet_folder_gives_the_local_engines_parts_and_metr
     frame["y"] = (rng.random(6000) < 1 / (1 + np.exp(-(X[:, 0] - 0.2 * X[:, 1] + 1)))).astype(int)
     folder = workdir / "data/raw/table"
     folder.mkdir()
-    for i, (lo, hi) in enumerate([(0, 2500), (2500, 4100), (4100, 6000)]):
+    for i, (lo, hi) in enumerate([(0, 2500), (2500, 4100), (4100, 5999), (5999, 6000)]):  # the last: one test row
         frame.iloc[lo:hi].to_parquet(folder / f"part-{i}.parquet")
     args = ["--set", f"prepare.source={folder}", "--set", "prepare.test_size=0.25", "--set", "prepare.standardize=true"]
     args += ["--set", "train.epochs=50", "--set", "train.log_every=50"]
@@ -320,14 +321,16 @@ def test_run_on_ray_over_a_parquet_folder_gives_the_local_engines_parts_and_metr
     on_ray = ["--set", "cluster.engine=ray", "--set", "cluster.workers=2"]
     result = CliRunner().invoke(main, ["run", *args, *on_ray, "--out-dir", "ray"])
     assert result.exit_code == 0, result.output
-    assert "in 3 parts on Ray (2 tasks at a time)" in result.output
+    assert "in 4 parts on Ray (2 tasks at a time)" in result.output
+    assert re.search(r"\n\d+ evaluation rows scored on Ray, a task per part \(4 parts\)\n", result.output)
     prepared = {engine: workdir / engine / "prepared" for engine in ("local", "ray")}
     names = sorted(p.name for p in prepared["local"].iterdir())
-    assert names == sorted(p.name for p in prepared["ray"].iterdir()) and len(names) == 13  # 3 parts x 4 + manifest
+    assert names == sorted(p.name for p in prepared["ray"].iterdir()) and len(names) == 17  # 4 parts x 4 + manifest
     for name in names:
         assert (prepared["ray"] / name).read_bytes() == (prepared["local"] / name).read_bytes(), name
     manifest = json.loads((prepared["ray"] / "meta.json").read_text())
-    assert [(p["first_row"], p["rows"]) for p in manifest["parts"]] == [(0, 2500), (2500, 1600), (4100, 1900)]
+    parts = [(p["first_row"], p["rows"], p["train"], p["test"]) for p in manifest["parts"]]
+    assert [p[:2] for p in parts] == [(0, 2500), (2500, 1600), (4100, 1899), (5999, 1)] and parts[3][2:] == (0, 1)
     metrics = {engine: json.loads((workdir / engine / "evaluate.json").read_text()) for engine in ("local", "ray")}
     assert metrics["ray"] == metrics["local"]
 

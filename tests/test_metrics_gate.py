@@ -7,7 +7,7 @@ from sklearn import metrics
 from pipeline import gate
 from pipeline.lineage import FAMILIES
 from pipeline.metrics import cost_and_accuracy, evaluation, fit_baseline
-from pipeline.params import BaselineParams
+from pipeline.params import BaselineParams, ClusterParams
 from pipeline.store import location
 from pipeline.workspace import project_root
 
@@ -55,9 +55,10 @@ def test_evaluate_scores_both_models_and_refuses_a_model_for_other_features(tmp_
     tutorial = open_source(str(Path(__file__).resolve().parents[1] / "data/raw/tutorial.csv"), "y", None, 0, 0, 1, None)
     prepared(tutorial, tmp_path / "prep")
     params, model = BaselineParams(C=1.0, max_iter=1000, solver="lbfgs"), tmp_path / "model.pt"
+    here = ClusterParams(engine="local", address=None, workers=None)
     model.write_bytes(checkpoint_bytes(BinaryClassifier(2), ModelConfig(2, ("x1", "x2"), 0.5)))
     emitted = []
-    figures = compare(emitted.append, tmp_path / "prep", model, params)
+    figures = compare(emitted.append, tmp_path / "prep", model, params, here)
     (scored,) = emitted
     assert set(figures) == set(FAMILIES) and all(
         png.startswith(b"\x89PNG") for f in figures.values() for png in f.values()
@@ -67,7 +68,7 @@ def test_evaluate_scores_both_models_and_refuses_a_model_for_other_features(tmp_
     # found on the scoring thread, raised once the baseline's fit is done
     model.write_bytes(checkpoint_bytes(BinaryClassifier(2), ModelConfig(2, ("x2", "x1"), 0.5)))
     with pytest.raises(ValueError, match=re.escape(f"{model}: model features ('x2', 'x1') != prepared")):
-        compare(emitted.append, tmp_path / "prep", model, params)
+        compare(emitted.append, tmp_path / "prep", model, params, here)
 
 
 def test_project_root_anchoring(tmp_path):

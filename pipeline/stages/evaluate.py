@@ -22,8 +22,8 @@ def execute(
     """Both models scored on the same split; metrics to both runs and a JSON file, curves to DVC and MLflow."""
     from pipeline import dataset, figures, scoring
 
-    baseline_params = ctx.params.evaluate.baseline
-    with InChild(scoring.compare, prepared_dir, model_path, baseline_params, stream=True) as comparing:
+    baseline, cluster = ctx.params.evaluate.baseline, ctx.params.cluster  # ray: each part's rows scored by a task
+    with InChild(scoring.compare, prepared_dir, model_path, baseline, cluster, stream=True) as comparing:
         meta = dataset.read_meta(prepared_dir)
         client = connection.connect(ctx.uri)
         parent, model_run = training_runs(ctx, client, run_info_path, model_path)
@@ -61,3 +61,5 @@ def execute(
                     files.write_text(plots / f"{table}.json", json.dumps(rows, indent=1) + "\n")
                 mark_recorded(ctx, "evaluate")
     click.echo(comparison_table(scored.metrics))
+    if cluster.engine == "ray":
+        click.echo(f"{scored.rows} evaluation rows scored on Ray, a task per part ({len(meta['parts'])} parts)")

@@ -185,12 +185,14 @@ def test_a_tracking_server_that_dies_mid_run_ends_it_with_one_message(project, t
             proc = subprocess.Popen(long_run, cwd=project, env=env, stdout=out, stderr=out)
         # Training runs beside the store work: on a fast machine epoch 2000 came before the runs were created.
         # (The second run's start marks those the first left RUNNING as KILLED: RUNNING are this run's two.)
-        wait_for(
-            lambda: "Epoch 2000/" in log.read_text() and statuses(client).count("RUNNING") == 2,
-            proc,
-            "training with its runs in the store",
-        )
-        os.killpg(server.pid, signal.SIGKILL)
+        try:
+            wait_for(
+                lambda: "Epoch 2000/" in log.read_text() and statuses(client).count("RUNNING") == 2,
+                proc,
+                "training with its runs in the store",
+            )
+        finally:  # the kill the test is about; on a failed wait, no server left behind
+            os.killpg(server.pid, signal.SIGKILL)
         server.wait()
         died = time.monotonic()
         if ending == "server death":

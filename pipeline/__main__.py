@@ -1,4 +1,4 @@
-"""`python -m pipeline` runs the click CLI, then exits without interpreter teardown."""
+"""`python -m pipeline` and the `pipeline` command run the click CLI, then exit without interpreter teardown."""
 
 import logging
 import os
@@ -26,12 +26,13 @@ def command() -> int:
     return code
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`python -m pipeline` and the `pipeline` command: a DVC stage through the warm server, else the CLI here."""
     # MKL picks its kernels by CPU, and on an AVX-512 machine its sgemm rounded otherwise than on those before it:
     # the same params and data recorded another training history (`make run` changed dvc.lock and history.csv).
-    # Its AVX path gives every x86 CPU since 2011 the same bits, slower than its AVX2 one but faster than its
-    # compatible one for torch's products; lbfgs's passes over large X use numpy's BLAS, not MKL. Set before
-    # torch loads MKL; the stage's children, torchrun's ranks and the warm server inherit it.
+    # Its AVX path gives x86 CPUs since 2011 the same bits for the same thread count, slower than its AVX2 one
+    # but faster than its compatible one for torch's products; lbfgs's passes over large X use numpy's BLAS, not
+    # MKL. Set before torch loads MKL; the stage's children, torchrun's ranks and the warm server inherit it.
     os.environ.setdefault("MKL_CBWR", "AVX")
     if sys.argv[1:2] == [forkserver.SERVE]:  # the warm server itself, started by a stage's forward()
         forkserver.serve(Path(sys.argv[2]), command)
@@ -45,3 +46,7 @@ if __name__ == "__main__":
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

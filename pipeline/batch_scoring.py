@@ -100,7 +100,8 @@ def score_on_ray(
 
     def scored() -> Iterator[tuple[Any, int]]:
         done = 0
-        for table in engines.on_ray(workers)(_score_part, source.parts, score, how):
+        parts = [part.resolve() for part in source.parts]  # the same for every worker
+        for table in engines.on_ray(workers)(_score_part, parts, score, how):
             done += table.num_rows
             yield table, done
 

@@ -22,7 +22,9 @@ def on_ray(workers: int) -> Map:
     """A Map whose calls are Ray tasks, `workers` in flight, results in item order (Ray must be connected).
 
     The shared arguments go to the object store once. A task's error is raised as itself (a bad cell's
-    TableError, not a remote traceback), the first in item order, and the tasks still pending are cancelled.
+    TableError, not a remote traceback), the first in item order. On any error, or when the caller stops
+    early, the tasks still pending are cancelled and waited for. Paths given to tasks are resolved by each worker
+    in its own working directory: on a cluster, absolute paths on a volume every machine mounts.
     """
 
     def each(fn: Callable[..., Any], items: Iterable[Any], *shared: Any) -> Iterator[Any]:
@@ -36,17 +38,21 @@ def on_ray(workers: int) -> Map:
             if item is not _END:
                 pending.append(task.remote(*refs, item))
 
-        for _ in range(workers):
-            submit()
-        while pending:
-            try:
-                result = ray.get(pending.popleft())
-            except ray.exceptions.RayTaskError as exc:
-                for ref in pending:
-                    ray.cancel(ref)
-                raise exc.cause if isinstance(exc.cause, Exception) else exc from None
-            submit()
-            yield result
+        try:
+            for _ in range(workers):
+                submit()
+            while pending:
+                try:
+                    result = ray.get(pending.popleft())
+                except ray.exceptions.RayTaskError as exc:  # the task's own error, not a remote traceback
+                    raise exc.cause if isinstance(exc.cause, Exception) else exc from None
+                submit()
+                yield result
+        finally:  # an error, a lost worker, or the caller done early: no task left writing behind it
+            for ref in pending:
+                ray.cancel(ref)
+            if pending:
+                ray.wait(list(pending), num_returns=len(pending), timeout=30)
 
     return each
 

@@ -137,8 +137,18 @@ def row_logits(model: BinaryClassifier, config: ModelConfig, X: np.ndarray) -> n
     weight, bias = _raw_weights(model, config)
     device = model.linear.weight.device  # CPU unless the loader was asked for another device
     if device.type == "cpu":
-        return _cpu_logits(X.shape[0], lambda block, lo, hi: np.copyto(block, X[lo:hi].T), weight, bias)
+        return linear_logits(weight, bias, X)
     return _device_logits(device, X, weight, bias)
+
+
+def linear_logits(weight: np.ndarray, bias: float, X: np.ndarray) -> np.ndarray:
+    """X @ weight + bias in float64, each row summed feature by feature from the bias on the CPU (row_logits' way).
+
+    Any linear model's logits, the same bits whatever batch the rows come in: scikit-learn's baseline's too,
+    whose own predict_proba (a BLAS product) gave a row other bits in another batch, so Ray's part-by-part
+    scoring could not match the local engine's.
+    """
+    return _cpu_logits(X.shape[0], lambda block, lo, hi: np.copyto(block, X[lo:hi].T), weight, bias)
 
 
 def column_logits(model: BinaryClassifier, config: ModelConfig, columns: list[np.ndarray]) -> np.ndarray:
@@ -192,13 +202,14 @@ def predict_proba(model: BinaryClassifier, config: ModelConfig, X_raw: np.ndarra
     float64 exp treats every element alike (torch's vectorised sigmoid computes a loop's tail elements with
     scalar code, so a row's last bit could depend on where it sits in the batch and on the thread count).
     """
-    return _sigmoid(row_logits(model, config, np.ascontiguousarray(X_raw, dtype=np.float32)))
+    return sigmoid(row_logits(model, config, np.ascontiguousarray(X_raw, dtype=np.float32)))
 
 
 def predict_proba_columns(model: BinaryClassifier, config: ModelConfig, columns: list[np.ndarray]) -> np.ndarray:
     """predict_proba of rows given as one array per feature, in the config's order."""
-    return _sigmoid(column_logits(model, config, [np.asarray(c, dtype=np.float32) for c in columns]))
+    return sigmoid(column_logits(model, config, [np.asarray(c, dtype=np.float32) for c in columns]))
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)) in numpy's float64, every element alike."""
     return 1.0 / (1.0 + np.exp(-logits))

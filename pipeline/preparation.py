@@ -340,6 +340,7 @@ def prepare_dir(
     parts = source_parts(source)
 
     def fill(tmp: Path) -> None:
+        tmp = tmp.resolve()  # where the parts go, the same for every worker
         records = list(each(write_part, parts, tmp, test_size, seed, missing, standardize))
         splits = ("train", "test") if test_size else ("train",)
         classes = {name: [sum(r["classes"][name][c] for r in records) for c in (0, 1)] for name in splits}

@@ -143,7 +143,8 @@ def _evaluated_on_ray(
     baseline = metrics.fit_baseline(prepared.X_train, prepared.y_train, params)
     with engines.ray_cluster(cluster) as workers:
         each = engines.on_ray(workers)
-        parts = list(each(_score_part, range(len(prepared.meta["parts"])), prepared.directory, model_path, baseline))
+        where = (prepared.directory.resolve(), model_path.resolve())  # the same for every worker
+        parts = list(each(_score_part, range(len(prepared.meta["parts"])), *where, baseline))
     model, test_proba, train_proba = (np.concatenate(arrays) for arrays in list(zip(*parts, strict=True))[:3])
     threshold = parts[0][3]
     y = prepared.y_test

@@ -307,8 +307,8 @@ def test_run_on_ray_over_a_parquet_folder_gives_the_local_engines_parts_and_metr
     import pandas as pd
 
     rng = np.random.default_rng(4)
-    X = rng.normal(size=(6000, 4)).astype(np.float32) * [1, 3, 0.5, 2] + [0, 5, -1, 2]
-    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    X = rng.normal(size=(6000, 24)).astype(np.float32) * np.linspace(0.5, 3, 24) + np.linspace(-1, 5, 24)
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(24)])  # 24 features: BLAS tails differ by batch
     frame["y"] = (rng.random(6000) < 1 / (1 + np.exp(-(X[:, 0] - 0.2 * X[:, 1] + 1)))).astype(int)
     folder = workdir / "data/raw/table"
     folder.mkdir()
@@ -335,9 +335,9 @@ def test_run_on_ray_over_a_parquet_folder_gives_the_local_engines_parts_and_metr
     assert metrics["ray"] == metrics["local"]
 
     bad = frame.iloc[2500:4100].copy()
-    bad.loc[bad.index[7], "c"] = np.inf
+    bad.loc[bad.index[7], "x2"] = np.inf
     bad.to_parquet(folder / "part-1.parquet")
     before = (prepared["ray"] / "meta.json").read_bytes()
     result = CliRunner().invoke(main, ["prepare", "--prepared", str(prepared["ray"]), *args, *on_ray])
-    assert result.exit_code == 1 and "part-1.parquet, row 8, column 'c': missing, NaN or infinite" in result.output
+    assert result.exit_code == 1 and "part-1.parquet, row 8, column 'x2': missing, NaN or infinite" in result.output
     assert "Traceback" not in result.output and (prepared["ray"] / "meta.json").read_bytes() == before

@@ -144,9 +144,9 @@ class Prepared:
         return out
 
 
-def load_prepared(directory: str | Path, train_rows: slice | None = None) -> Prepared:
+def load_prepared(directory: str | Path) -> Prepared:
     """The prepared dataset in `directory`: the manifest read now, the arrays when first used."""
-    return Prepared(Path(directory), read_meta(directory), train_rows)
+    return Prepared(Path(directory), read_meta(directory))
 
 
 def raw_rows(prepared: Prepared, X: np.ndarray) -> np.ndarray:

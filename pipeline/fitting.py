@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,9 @@ def fit(emit: Callable[[HistoryChunk], None], prepared_dir: Path, params: TrainP
     from pipeline.model import ModelConfig, checkpoint_bytes
 
     training.warm_up(params)
-    n_total = dataset.read_meta(prepared_dir)["n_train"]
-    prepared = dataset.load_prepared(prepared_dir, rank.rows(n_total))  # this rank reads only its own rows
+    prepared = dataset.load_prepared(prepared_dir)
+    n_total = prepared.meta["n_train"]
+    prepared = replace(prepared, train_rows=rank.rows(n_total))  # this rank reads only the parts with its rows
     config = ModelConfig(len(prepared.features), prepared.features, params.threshold, prepared.mean, prepared.scale)
     # The imports' objects (torch's, hundreds of thousands) never become garbage, but every full collection
     # scans them all, once in a few hundred tutorial epochs: freeze them out of its way.

@@ -342,7 +342,7 @@ def prepare_dir(
     def fill(tmp: Path) -> None:
         tmp = tmp.resolve()  # where the parts go, the same for every worker
         records = list(each(write_part, parts, tmp, test_size, seed, missing, standardize))
-        splits = ("train", "test") if test_size else ("train",)
+        splits = records[0]["classes"]  # train, and test unless test_size is 0
         classes = {name: [sum(r["classes"][name][c] for r in records) for c in (0, 1)] for name in splits}
         check_labels([sum(counts) for counts in zip(*classes.values(), strict=True)], source)
         if test_size:

@@ -82,8 +82,10 @@ def compare(
     from pipeline import dataset, figures, metrics
 
     prepared = dataset.load_prepared(prepared_dir)
-    evaluated = _evaluated_on_ray if cluster.engine == "ray" else _evaluated_here
-    results, (cost, accuracy) = evaluated(prepared, model_path, params, cluster)
+    if cluster.engine == "ray":
+        results, (cost, accuracy) = _evaluated_on_ray(prepared, model_path, params, cluster)
+    else:
+        results, (cost, accuracy) = _evaluated_here(prepared, model_path, params)
     compared = Compared(
         {k: metrics.recorded(r[0]) for k, r in results.items()},
         {FAMILIES[k]: r[1] for k, r in results.items()},
@@ -98,7 +100,7 @@ def compare(
 Evaluated = tuple[dict[str, tuple[dict[str, float], Any]], tuple[float, float]]  # results by family; baseline fit
 
 
-def _evaluated_here(prepared: Prepared, model_path: Path, params: BaselineParams, cluster: ClusterParams) -> Evaluated:
+def _evaluated_here(prepared: Prepared, model_path: Path, params: BaselineParams) -> Evaluated:
     """Both models' metrics and curves, and the baseline's cost and accuracy on its train rows, in this process."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -145,8 +147,12 @@ def _evaluated_on_ray(
         each = engines.on_ray(workers)
         where = (prepared.directory.resolve(), model_path.resolve())  # the same for every worker
         parts = list(each(_score_part, range(len(prepared.meta["parts"])), *where, baseline))
-    model, test_proba, train_proba = (np.concatenate(arrays) for arrays in list(zip(*parts, strict=True))[:3])
-    threshold = parts[0][3]
+    threshold = parts[0][0].threshold
+    model, test_proba, train_proba = (
+        np.concatenate([scores.proba for scores, _, _ in parts]),
+        np.concatenate([on_test for _, on_test, _ in parts]),
+        np.concatenate([on_train for _, _, on_train in parts]),
+    )
     y = prepared.y_test
     results = {
         "model": metrics.evaluation(y, model, threshold),
@@ -155,11 +161,10 @@ def _evaluated_on_ray(
     return results, metrics.cost_and_accuracy(prepared.y_train, train_proba, threshold)
 
 
-def _score_part(directory: Path, model_path: Path, baseline: Any, index: int) -> tuple[Any, ...]:
-    """A Ray task: one part's rows scored by both models (the model's threshold last)."""
+def _score_part(directory: Path, model_path: Path, baseline: Any, index: int) -> tuple[Scores, np.ndarray, np.ndarray]:
+    """A Ray task: one part's rows scored by both models (the baseline on its test and its train rows)."""
     from pipeline import dataset, metrics
 
     part = dataset.load_prepared(directory).only(index)
-    scores = score_checkpoint(model_path, part)
     on_test, on_train = (metrics.baseline_proba(baseline, X) for X in (part.X_test, part.X_train))
-    return scores.proba, on_test, on_train, scores.threshold
+    return score_checkpoint(model_path, part), on_test, on_train

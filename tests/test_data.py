@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -457,8 +458,8 @@ def test_a_part_per_file_and_a_manifest_and_a_reader_of_some_rows_reads_only_the
     assert whole.X_train.shape == (meta["n_train"], 3) and whole.X_test.shape == (meta["n_test"], 3)
     in_first_two = parts[0]["train"] + parts[1]["train"]
     (tmp_path / "p" / "X_train-00002.npy").unlink()  # a rank whose rows are in parts 0 and 1 never opens part 2
-    rank = dataset.load_prepared(tmp_path / "p", slice(100, in_first_two))
+    rank = replace(dataset.load_prepared(tmp_path / "p"), train_rows=slice(100, in_first_two))
     assert np.array_equal(rank.X_train, whole.X_train[100:in_first_two])
     assert np.array_equal(rank.y_train, whole.y_train[100:in_first_two])
     with pytest.raises(FileNotFoundError, match="X_train-00002.npy"):
-        _ = dataset.load_prepared(tmp_path / "p", slice(100, in_first_two + 1)).X_train
+        _ = replace(dataset.load_prepared(tmp_path / "p"), train_rows=slice(100, in_first_two + 1)).X_train

@@ -179,18 +179,20 @@ def test_a_tracking_server_that_dies_mid_run_ends_it_with_one_message(project, t
     long_run = [sys.executable, "-m", "pipeline", "run", "--set", "train.epochs=100000000", "--set",
                 "train.log_every=2000"]  # fmt: skip
     client = MlflowClient(url)
-    for ending in ("server death", "SIGTERM while it retries"):
+    for started, ending in enumerate(("server death", "SIGTERM while it retries"), start=1):
         server = start_tracking_server(store, port)
         with log.open("w") as out:
             proc = subprocess.Popen(long_run, cwd=project, env=env, stdout=out, stderr=out)
+
         # Training runs beside the store work: on a fast machine epoch 2000 came before the runs were created.
-        # (The second run's start marks those the first left RUNNING as KILLED: RUNNING are this run's two.)
+        # This run's two are in the store once there are two per run started, and the second run has marked
+        # the two the first left RUNNING as KILLED (under load, those two alone once passed for this run's).
+        def its_runs_are_in(runs: int = 2 * started) -> bool:
+            found = statuses(client)
+            return len(found) == runs and found.count("RUNNING") == 2
+
         try:
-            wait_for(
-                lambda: "Epoch 2000/" in log.read_text() and statuses(client).count("RUNNING") == 2,
-                proc,
-                "training with its runs in the store",
-            )
+            wait_for(lambda: "Epoch 2000/" in log.read_text() and its_runs_are_in(), proc, "its runs in the store")
         finally:  # the kill the test is about; on a failed wait, no server left behind
             os.killpg(server.pid, signal.SIGKILL)
         server.wait()

@@ -72,10 +72,15 @@ def test_interrupt_at_each_stage(project, tmp_path, signum):
 
     # Mid-prepare: a 3M-row synthetic table is being written into a temp folder beside data/prepared.
     big = ("--set", "prepare.source=synthetic", "--set", "prepare.synthetic.n_samples=3000000")
+    # Mid-evaluate: the tutorial's six rows are scored in well under a second, between two looks at the store; the
+    # tutorial's model scored on 2M rows with its two features, prepared outside the project, takes seconds.
+    wide = tmp_path / "wide"
+    two = ("--set", "prepare.synthetic.n_samples=2000000", "--set", "prepare.synthetic.n_features=2")
+    sh([sys.executable, "-m", "pipeline", "prepare", "--prepared", str(wide), *big[:2], *two], project, run_env())
     points = {
         "prepare": (("prepare", *big), lambda: any((project / "data").glob(".prepared.*.tmp"))),
         "train": (("train", "--set", "train.epochs=10000000"), training),
-        "evaluate": (("evaluate",), running_runs),
+        "evaluate": (("evaluate", "--prepared", str(wide)), running_runs),
         # Under a new name: a model to log and register, seconds of work (reusing the version takes a moment).
         "register": (("register", "--set", "register.model_name=Interrupted"), running_runs),
     }

@@ -2,7 +2,8 @@
 
 A small `dvc repro` is mostly imports: each stage that records to MLflow is a new interpreter importing MLflow,
 torch, scikit-learn and matplotlib, seconds apiece, to do a fraction of a second of work. So, when DVC runs a stage
-(DVC_STAGE is set), `python -m pipeline` first offers its command to a server that has imported all of that once:
+(DVC_STAGE is set), `python -m pipeline` first offers its command to a server that has imported all of that once
+(a command typed by hand, `pipeline predict` after `dvc repro` say, uses a server already running but starts none):
 the server forks, and the fork takes the command's argv, working directory, environment, umask and its stdin,
 stdout and stderr (passed over a unix socket), runs the command as `python -m pipeline` would, and sends back
 its exit code, which the command exits with. SIGINT, SIGTERM and SIGHUP sent to the command are forwarded to the
@@ -11,8 +12,8 @@ fork; if the command dies without forwarding (SIGKILL), the fork sees its socket
 multiprocessing's own forkserver cannot do this: it lives and dies with one parent process, and each DVC stage is
 a new process. Gradle's daemon and nailgun are the same idea for the JVM.
 
-No server: the command runs in its own interpreter, as without this module, and starts a server for the stages
-after it. The server belongs to one key: the interpreter, sys.path, the package's folder and the bytes of every
+No server: the command runs in its own interpreter, as without this module, and a stage starts a server for the
+stages after it. The server belongs to one key: the interpreter, sys.path, the package's folder and the bytes of every
 file in it, the installed packages' folders and the environment less DVC's own variables and the shell's
 bookkeeping (_SHELL); so edited code or a changed environment never runs in a server that imported something
 else. It exits after IDLE_S seconds without a command, removing its socket, lock and log.
@@ -52,6 +53,7 @@ PRELOAD = (
     "mlflow.store.model_registry.sqlalchemy_store", "torch", "sklearn.linear_model", "sklearn.metrics",
     "matplotlib.figure", "matplotlib.backends.backend_agg", "pandas", "pyarrow.parquet", "pyarrow.csv",
 )  # fmt: skip
+SERVERS = ("serve", "ui", "server")  # commands that run until stopped: a process of the user's own, as typed
 SERVE = "--serve-warm"  # `python -m pipeline --serve-warm SOCKET`: the server, as forward() starts it
 _INT = struct.Struct("!i")
 _PATH_MAX = 107  # a unix socket's path, in bytes, on Linux
@@ -62,10 +64,11 @@ _SHELL = {"OLDPWD", "PWD", "SHLVL", "_", "COLUMNS", "LINES"}
 def forward(argv: list[str], env: dict[str, str]) -> int | None:
     """Run this command in a fork of the warm server and return its exit code; None: run it here.
 
-    Starts a server for later commands when none is running for this key.
+    A DVC stage starts a server for later commands when none is running for this key.
     """
-    if not env.get("DVC_STAGE") or env.get(SWITCH) == "0" or "LOCAL_RANK" in env:  # torchrun's ranks: their own
-        return None
+    by_hand = not env.get("DVC_STAGE")
+    if env.get(SWITCH) == "0" or "LOCAL_RANK" in env or (by_hand and len(argv) > 1 and argv[1] in SERVERS):
+        return None  # torchrun's ranks, and a server for the terminal, run in their own interpreter
     folder = _folder()
     if folder is None:
         return None
@@ -77,7 +80,8 @@ def forward(argv: list[str], env: dict[str, str]) -> int | None:
         sock.connect(str(path))
     except OSError:
         sock.close()
-        _start(path, env)
+        if not by_hand:  # a command typed in a shell leaves nothing running after it
+            _start(path, env)
         return None
     with sock:
         return _client(sock, argv, env)

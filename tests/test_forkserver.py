@@ -68,6 +68,9 @@ def test_stages_forked_from_the_server_write_what_cold_ones_write(project, warm)
     dvc(project, cold, "repro")
     expected = {name: (project / name).read_bytes() for name in OUTPUTS}
     assert not folder.exists()  # switched off: no server, nothing started
+    typed = [sys.executable, "-m", "pipeline", "history"]  # a command typed in a shell, not run by DVC
+    sh(typed, project, env)
+    assert not any(folder.glob("*.lock"))  # no server to use, and it starts none
 
     dvc(project, env, "repro", "--force")  # the first stage starts the server; the rest run where it is ready
     wait_for_server(folder)
@@ -83,6 +86,13 @@ def test_stages_forked_from_the_server_write_what_cold_ones_write(project, warm)
     uri = f"sqlite:///{project / 'mlflow.db'}"
     assert set(statuses(MlflowClient(uri))) == {"FINISHED"}
     assert_up_to_date(project)
+
+    # Typed by hand while a server runs: forked too (predict after a repro skips the imports), the same answer.
+    count = len(served(folder))
+    assert sh(typed, project, env).stdout == sh(typed, project, cold).stdout
+    assert len(served(folder)) == count + 1
+    sh([sys.executable, "-m", "pipeline", "ui", "--help"], project, env)  # runs until stopped: its own process
+    assert len(served(folder)) == count + 1
 
     # Edited code never runs in a server that imported the old: a new key, a new server.
     locks = set(folder.glob("*.lock"))

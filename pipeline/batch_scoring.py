@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline import engines, files
 from pipeline.tables import (
+    Location,
     check_file,
     csv_header,
     dataset_files,
@@ -27,13 +28,13 @@ from pipeline.tables import (
 class InputFile:
     """What predict scores: one CSV or Parquet file, or a Parquet dataset's files in name order; size for a bar."""
 
-    path: Path
+    path: Location
     columns: tuple[str, ...]
     total: int
-    parts: tuple[Path, ...]  # the file itself, or the dataset's files
+    parts: tuple[Location, ...]  # the file itself, or the dataset's files
 
 
-def open_input(path: Path) -> InputFile:
+def open_input(path: Location) -> InputFile:
     """Read only the header or the Parquet footers: columns and size, no rows; a dataset's files must agree."""
     parts = dataset_files(str(path))
     if parts is None:
@@ -100,7 +101,7 @@ def score_on_ray(
 
     def scored() -> Iterator[tuple[Any, int]]:
         done = 0
-        parts = [part.resolve() for part in source.parts]  # the same for every worker
+        parts = [part if isinstance(part, str) else part.resolve() for part in source.parts]  # the same on every worker
         for table in engines.on_ray(workers)(_score_part, parts, score, how):
             done += table.num_rows
             yield table, done
@@ -128,7 +129,7 @@ class _Reading:
     rows: int  # per block
 
 
-def _scored_blocks(score: Score, part: Path, how: _Reading) -> Iterator[tuple[Any, int]]:
+def _scored_blocks(score: Score, part: Location, how: _Reading) -> Iterator[tuple[Any, int]]:
     """One file's outputs block by block, with how far its reading is: the one scoring path of both engines."""
     columns = list(how.features)
     for block in read_blocks(part, list(how.header), how.needed, columns, how.rows, {}):  # features as numbers
@@ -136,7 +137,7 @@ def _scored_blocks(score: Score, part: Path, how: _Reading) -> Iterator[tuple[An
         yield _outputs(block.batch.select(list(how.keep)), proba, label), block.done
 
 
-def _score_part(score: Score, how: _Reading, part: Path) -> Any:
+def _score_part(score: Score, how: _Reading, part: Location) -> Any:
     """A Ray task: one file's outputs as one Arrow table."""
     import pyarrow as pa
 

@@ -210,7 +210,8 @@ def history(ctx: Context) -> None:
 @click.option("--model", "model_uri", default=None, help="MLflow model URI [default: models:/<name>@champion]")
 @click.option(
     "--input", "input_path", required=True, type=click.Path(),
-    help="CSV or Parquet file to score, or a folder or glob of Parquet files (one table, files in name order)",
+    help="CSV or Parquet file to score, or a folder or glob of Parquet files (one table, files in name order); "
+    "Parquet by URI too, e.g. s3://bucket/prefix/",
 )  # fmt: skip
 @click.option("--output", "output_path", required=True, type=click.Path(), help="CSV or Parquet file to write")
 @click.option("--keep", multiple=True, metavar="COLUMN", help="Input column to copy to the output (e.g. an id).")
@@ -221,8 +222,9 @@ def predict(
     """Score a file in chunks: probability and label per row."""
     from pipeline.records import champion_uri
     from pipeline.stages import predict as stage
+    from pipeline.tables import location
 
-    stage.execute(ctx, model_uri or champion_uri(ctx), Path(input_path), Path(output_path), keep, batch_rows)
+    stage.execute(ctx, model_uri or champion_uri(ctx), location(input_path), Path(output_path), keep, batch_rows)
 
 
 @main.command()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.tables import (
-    FORMATS,
+    Location,
     TableError,
     check_file,
     check_header,
@@ -20,6 +20,7 @@ from pipeline.tables import (
     dataset_files,
     file_format,
     float32_rows,
+    location,
     parquet_metadata,
     read_ahead,
     read_blocks,
@@ -75,13 +76,15 @@ def open_source(
     parts = dataset_files(source)
     if parts is not None:
         return parquet_dataset(source, parts, label, features, positive)
-    path = Path(source)
-    if path.suffix.lower() not in FORMATS:
+    path = location(source)
+    try:
+        file_format(path)
+    except TableError:
         known = ", ".join((*BUILTIN_SOURCES, SYNTHETIC))
         raise TableError(
-            f"{path}: prepare.source must be a .csv or .parquet file, a folder or glob of .parquet files, "
-            f"or one of {known}"
-        )
+            f"{path}: prepare.source must be a .csv or .parquet file, a folder or glob of .parquet files "
+            f"(on a local disk, or by URI such as s3://bucket/prefix/), or one of {known}"
+        ) from None
     read = csv_source if check_file(path) == "csv" else parquet_source
     return read(path, label, features, positive)
 
@@ -108,7 +111,9 @@ def csv_source(path: Path, label: str, features: list[str] | None, positive: str
     return _file_source(path, header, _columns(str(path), header, label, features), label, positive)
 
 
-def _file_source(path: Path, header: list[str], chosen: tuple[str, ...], label: str, positive: str | None) -> Source:
+def _file_source(
+    path: Location, header: list[str], chosen: tuple[str, ...], label: str, positive: str | None
+) -> Source:
     """Rows of a CSV or Parquet file through the one reader (pipeline.tables), as float32 chunks."""
     numbers = [*chosen] if positive is not None else [label, *chosen]  # with `positive`, the label is text
     hints = {} if positive is not None else {label: LABEL_HINT}
@@ -141,7 +146,7 @@ def _labels(labels: Any, positive: str | None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- Parquet
-def parquet_source(path: Path, label: str, features: list[str] | None, positive: str | None) -> Source:
+def parquet_source(path: Location, label: str, features: list[str] | None, positive: str | None) -> Source:
     """A Parquet file read one record batch at a time, only the needed columns."""
     import pyarrow as pa
 
@@ -158,7 +163,7 @@ def parquet_source(path: Path, label: str, features: list[str] | None, positive:
 
 
 def parquet_dataset(
-    origin: str, parts: list[Path], label: str, features: list[str] | None, positive: str | None
+    origin: str, parts: list[Location], label: str, features: list[str] | None, positive: str | None
 ) -> Source:
     """Several Parquet files as one table, files in name order: each read as parquet_source reads one file.
 

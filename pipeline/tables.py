@@ -6,14 +6,17 @@ A bad cell gets the same words wherever it is found: `<file or request>, row R, 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import glob
+import itertools
 import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -26,26 +29,57 @@ CSV_BLOCK_BYTES = 16 << 20  # a CSV is parsed in pieces of about this many bytes
 PARQUET_BUFFER_BYTES = 1 << 18  # what pyarrow reads of each Parquet column at a time (0 would be a whole row group)
 DELIMITERS = (";", "\t", "|")  # what a one-column header holding one of these was probably separated by
 T = TypeVar("T")
+# Where a table is: a local file's Path, or the URI of a file on a filesystem pyarrow reads (s3://bucket/key, gs://,
+# hdfs://, abfs://), with its options in the query (?endpoint_override=...) and credentials from the environment.
+Location = Path | str
+
+
+def location(given: str) -> Location:
+    """A path as a user gave it: a URI stays text (pyarrow opens it on its filesystem), anything else a Path."""
+    return given if "://" in given else Path(given)
+
+
+def _filesystem(uri: str) -> tuple[Any, str, str]:
+    """The pyarrow filesystem of a URI, the path on it, and how to name a file there by URI (the query kept)."""
+    from pyarrow.fs import FileSystem
+
+    try:
+        fs, path = FileSystem.from_uri(uri)
+    except Exception as exc:  # an unknown scheme, a bad option, a bucket whose region cannot be found
+        raise TableError(f"{uri}: cannot open: {exc}") from None
+    parts = urlsplit(uri)
+    return fs, path, f"{parts.scheme}://{{}}" + (f"?{parts.query}" if parts.query else "")
 
 
 class TableError(ValueError):
     """A table that cannot be used; the message names the file (or request), row and column."""
 
 
-def file_format(path: Path) -> str:
+def file_format(path: Location) -> str:
     """The format ("csv" or "parquet") named by the file extension."""
+    suffix = PurePosixPath(urlsplit(path).path).suffix if isinstance(path, str) else path.suffix
     try:
-        return FORMATS[path.suffix.lower()]
+        return FORMATS[suffix.lower()]
     except KeyError:
         raise TableError(f"{path}: unknown file type; use one of {', '.join(FORMATS)}") from None
 
 
-def check_file(path: Path) -> str:
+def check_file(path: Location) -> str:
     """A readable CSV or Parquet file: its format, or an error naming what is wrong with the path."""
     fmt = file_format(path)
-    if path.is_dir():
+    if isinstance(path, str):
+        from pyarrow.fs import FileType
+
+        if fmt == "csv":  # read in byte ranges cut at line ends, by Python: a local file's
+            raise TableError(f"{path}: a CSV must be a local file; on an object store, write the table as Parquet")
+        fs, key, _ = _filesystem(path)
+        kind = fs.get_file_info(key).type
+        is_dir, is_file = kind == FileType.Directory, kind == FileType.File
+    else:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    if is_dir:
         raise TableError(f"{path}: is a directory, not a {fmt} file")
-    if not path.is_file():
+    if not is_file:
         raise TableError(f"{path}: file not found")
     return fmt
 
@@ -74,12 +108,14 @@ def check_header(where: str, header: list[str]) -> list[str]:
     return header
 
 
-def dataset_files(source: str) -> list[Path] | None:
+def dataset_files(source: str) -> list[Location] | None:
     """The files of a Parquet dataset in name order; None when `source` is neither a folder nor a glob.
 
     A folder's .parquet files at any depth (as Spark, pandas and pyarrow write a partitioned table; hidden and
-    `_` files such as `_SUCCESS` left out), or those a glob matches.
+    `_` files such as `_SUCCESS` left out), or those a glob matches; on a local disk or, by URI, an object store.
     """
+    if "://" in source:
+        return _dataset_uris(source)
     path = Path(source)
     if path.is_dir() and path.suffix.lower() != ".csv":  # Spark names a dataset's folder `<table>.parquet`
         found = sorted(p for p in path.rglob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
@@ -89,10 +125,45 @@ def dataset_files(source: str) -> list[Path] | None:
         return None
     if not found:
         raise TableError(f"{source}: no .parquet file in this folder or glob")
-    return found
+    return list(found)
 
 
-def parquet_metadata(path: Path) -> Any:
+def _dataset_uris(source: str) -> list[Location] | None:
+    """dataset_files on a pyarrow filesystem: a folder (a prefix) listed at any depth, or a glob's matches."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, path, uri = _filesystem(source)
+    pattern = path.split("/") if glob.has_magic(path) else None
+    if pattern:  # list below the glob's fixed folders and match: an object store has no globbing of its own
+        base = "/".join(itertools.takewhile(lambda part: not glob.has_magic(part), pattern))
+    else:
+        kind = fs.get_file_info(path).type
+        if kind == FileType.NotFound:
+            raise TableError(f"{source}: not found")
+        if kind != FileType.Directory or path.lower().endswith(".csv"):
+            return None
+        base = path
+    listed = fs.get_file_info(FileSelector(base, recursive=True, allow_not_found=True))
+    found = sorted(
+        info.path for info in listed
+        if info.type == FileType.File and info.path.lower().endswith(".parquet")
+        and not info.base_name.startswith((".", "_")) and (not pattern or _matches(info.path.split("/"), pattern))
+    )  # fmt: skip
+    if not found:
+        raise TableError(f"{source}: no .parquet file in this folder or glob")
+    return [uri.format(key) for key in found]
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    """A path's components against a glob's, as glob.glob(recursive=True) matches: `**` is any number of folders."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
+
+
+def parquet_metadata(path: Location) -> Any:
     """A Parquet file's footer (schema, row count), read without its rows; an error if it is not Parquet."""
     import pyarrow.parquet as pq
 
@@ -116,7 +187,7 @@ class Block:
 
 
 def read_blocks(
-    path: Path, header: list[str], columns: list[str], numbers: list[str], rows: int | None, hints: dict[str, str]
+    path: Location, header: list[str], columns: list[str], numbers: list[str], rows: int | None, hints: dict[str, str]
 ) -> Iterator[Block]:
     """`columns` of a CSV or Parquet file, at most `rows` rows a block (None: as parsed), bounded memory.
 
@@ -127,14 +198,8 @@ def read_blocks(
     import pyarrow as pa
 
     if file_format(path) == "parquet":
-        import pyarrow.parquet as pq
-
         first = 1
-        # pre_buffer (the default) keeps every row group read so far in memory: off, to stay bounded. Without a
-        # buffer_size each column's whole chunk of the row group is read at once (a row group pandas writes holds
-        # 1Mi rows); streamed through small buffers, the peak is about halved in the same time.
-        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
-        for batch in parquet.iter_batches(batch_size=rows or 1 << 16, columns=columns):
+        for batch in _parquet_batches(path, rows or 1 << 16, columns):
             yield Block(batch, first, first - 1 + len(batch))
             first += len(batch)
         return
@@ -147,6 +212,40 @@ def read_blocks(
                 first += len(part)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise TableError(first_bad_csv_cell(path, header, numbers, hints) or f"{path}: {exc}") from None
+
+
+def _parquet_batches(path: Location, rows: int, columns: list[str]) -> Iterator[Any]:
+    """A Parquet file's `columns` in record batches of `rows` rows (the last shorter), about a row group held."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(path, str):
+        # On an object store a read is a request of milliseconds: each row group's column chunks are fetched in a
+        # few large concurrent requests (pre_buffer), by a reader of its own, since one reader's pre-buffering
+        # holds every row group read so far. Cut into the local reader's batches: the blocks prepare sums its
+        # statistics over, and so the prepared bits, do not depend on where the file is.
+        footer = pq.ParquetFile(path).metadata
+        groups = (
+            pq.ParquetFile(path, pre_buffer=True, metadata=footer).iter_batches(rows, row_groups=[i], columns=columns)
+            for i in range(footer.num_row_groups)
+        )
+        held: list[Any] = []  # slices of batches read, fewer than `rows` rows in all
+        for batch in itertools.chain.from_iterable(groups):
+            while batch.num_rows:
+                take = min(rows - sum(map(len, held)), batch.num_rows)
+                held.append(batch.slice(0, take))
+                batch = batch.slice(take)
+                if sum(map(len, held)) == rows:
+                    yield pa.concat_batches(held)
+                    held = []
+        if held:
+            yield pa.concat_batches(held)
+        return
+    # Locally, pre_buffer (the default) would keep every row group read so far in memory: off, to stay bounded.
+    # Without a buffer_size each column's whole chunk of the row group is read at once (a row group pandas writes
+    # holds 1Mi rows); streamed through small buffers, the peak is about halved in the same time.
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+    yield from parquet.iter_batches(batch_size=rows, columns=columns)
 
 
 def _csv_pieces(path: Path) -> Iterator[tuple[memoryview, int]]:

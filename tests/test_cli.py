@@ -4,6 +4,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,7 +19,7 @@ from pipeline import preparation
 from pipeline.cli import main
 from pipeline.store import registry
 
-from .conftest import REPO
+from .conftest import REPO, free_port
 
 
 @pytest.fixture
@@ -341,3 +344,97 @@ def test_run_on_ray_over_a_parquet_folder_gives_the_local_engines_parts_and_metr
     result = CliRunner().invoke(main, ["prepare", "--prepared", str(prepared["ray"]), *args, *on_ray])
     assert result.exit_code == 1 and "part-1.parquet, row 8, column 'x2': missing, NaN or infinite" in result.output
     assert "Traceback" not in result.output and (prepared["ray"] / "meta.json").read_bytes() == before
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    """A real S3 endpoint on a loopback port (moto's server), credentials and address in the environment as a
+    user's would be; yields a pyarrow filesystem on it with the bucket `lake`."""
+    import requests
+    from pyarrow.fs import S3FileSystem
+
+    port = free_port()
+    with (tmp_path / "s3.log").open("w") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "s3.log").read_text()
+                time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "x",
+                            "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        fs = S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
+        fs.create_dir("lake")
+        yield fs
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_parquet_dataset_on_an_object_store_gives_the_local_folders_parts_metrics_and_scores(workdir, s3):
+    """prepare.source and predict --input by s3:// URI (Ray's workers reading their own files there): same bits."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(75001, 6)).astype(np.float32) * np.linspace(0.5, 3, 6) + np.linspace(-1, 5, 6)
+    y = (rng.random(len(X)) < 1 / (1 + np.exp(-(X[:, 0] - 0.2 * X[:, 1] + 1)))).astype(np.int8)
+    table = pa.table({**{f"x{j}": X[:, j] for j in range(6)}, "y": y})
+    folder = workdir / "data/raw/table"
+    folder.mkdir()
+    # 70,000 rows in row groups of 30,000: read from the store a row group at a time, cut into the local batches
+    for i, (lo, hi) in enumerate([(0, 70000), (70000, 70001), (70001, 75001)]):
+        for fs, where in ((None, folder), (s3, "lake/table")):
+            pq.write_table(table.slice(lo, hi - lo), f"{where}/part-{i}.parquet", filesystem=fs, row_group_size=30000)
+    s3.open_output_stream("lake/table/_SUCCESS").close()  # as Spark leaves it: not a part
+    args = ["--set", "prepare.test_size=0.25", "--set", "prepare.standardize=true", "--set", "train.epochs=50"]
+    on_ray = ["--set", "cluster.engine=ray", "--set", "cluster.workers=2"]
+    local = CliRunner().invoke(main, ["run", "--set", f"prepare.source={folder}", *args, "--out-dir", "local"])
+    assert local.exit_code == 0, local.output
+    remote = CliRunner().invoke(main, ["run", "--set", "prepare.source=s3://lake/table/", *args, "--out-dir", "s3"])
+    assert remote.exit_code == 0, remote.output
+    assert "from s3://lake/table/ -> " in remote.output and " in 3 parts " in remote.output
+    prepared = {where: workdir / where / "prepared" for where in ("local", "s3")}
+    arrays = sorted(p.name for p in prepared["local"].glob("*.npy"))
+    assert len(arrays) == 12 and arrays == sorted(p.name for p in prepared["s3"].glob("*.npy"))
+    for name in arrays:
+        assert (prepared["s3"] / name).read_bytes() == (prepared["local"] / name).read_bytes(), name
+    manifest = json.loads((prepared["s3"] / "meta.json").read_text())
+    assert [p["source"] for p in manifest["parts"]] == [f"s3://lake/table/part-{i}.parquet" for i in range(3)]
+    metrics = {where: json.loads((workdir / where / "evaluate.json").read_text()) for where in ("local", "s3")}
+    assert metrics["s3"] == metrics["local"]
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run_id = json.loads((workdir / "s3" / "mlflow_run.json").read_text())["run_id"]
+    (dataset, *_) = [d.dataset for d in client.get_run(run_id).inputs.dataset_inputs]
+    assert dataset.source_type == "s3" and json.loads(dataset.source)["uri"] == "s3://lake/table/"
+
+    # Scored from the store on Ray, a task per file: the rows and probabilities of the local folder's, in order.
+    version = json.loads((workdir / "s3" / "registered.json").read_text())["version"]
+    model = ["--model", f"models:/BinaryClassifier/{version}"]
+    assert "scored 75001 rows" in invoke("predict", *model, "--input", str(folder), "--output", "local.parquet").output
+    scored = invoke("predict", *model, *on_ray, "--input", "s3://lake/*/part-*.parquet", "--output", "s3.parquet")
+    assert "scored 75001 rows" in scored.output and "on Ray (2 tasks at a time)" in scored.output
+    assert pq.read_table("s3.parquet").equals(pq.read_table("local.parquet"))
+
+    for source, words in [
+        ("s3://lake/missing/", "s3://lake/missing/: not found"),
+        ("s3://lake/table/*.csv", "s3://lake/table/*.csv: no .parquet file in this folder or glob"),
+    ]:
+        before = (prepared["s3"] / "meta.json").read_bytes()
+        command = ["prepare", "--set", f"prepare.source={source}", "--prepared", "s3/prepared"]
+        refused = CliRunner().invoke(main, command)
+        assert refused.exit_code == 1 and words in refused.output, refused.output
+        assert (prepared["s3"] / "meta.json").read_bytes() == before
+    s3.open_output_stream("lake/rows.csv").close()
+    refused = CliRunner().invoke(main, ["predict", *model, "--input", "s3://lake/rows.csv", "--output", "o.parquet"])
+    assert refused.exit_code == 1 and "a CSV must be a local file" in refused.output, refused.output

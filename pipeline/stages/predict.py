@@ -6,6 +6,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,9 +14,12 @@ from pipeline.records import elsewhere
 from pipeline.store import connection, registry
 from pipeline.workspace import Context
 
+if TYPE_CHECKING:
+    from pipeline.tables import Location
+
 
 def execute(
-    ctx: Context, model_uri: str, input_path: Path, output_path: Path, keep: tuple[str, ...], batch_rows: int
+    ctx: Context, model_uri: str, input_path: Location, output_path: Path, keep: tuple[str, ...], batch_rows: int
 ) -> None:
     """Load the model through MLflow (as the server does) and score the input, `batch_rows` rows at a time.
 

@@ -229,8 +229,12 @@ def log_datasets(mlflow_client: MlflowClient, run_id: str, splits: list[Split]) 
 
     inputs = []
     for split in splits:
-        local = Path(split.source)
-        source_type, source = ("local", {"uri": local.resolve().as_uri()}) if local.suffix else ("code", {})
+        if "://" in split.source:  # an object store's file or folder: its own URI, as MLflow's S3 source names it
+            source_type, source = split.source.split("://")[0], {"uri": split.source}
+        elif Path(split.source).suffix:
+            source_type, source = "local", {"uri": Path(split.source).resolve().as_uri()}
+        else:
+            source_type, source = "code", {}
         schema = {"mlflow_colspec": [{"type": "float", "name": f} for f in split.features]}
         profile = {"num_rows": split.rows, "num_features": len(split.features)}
         dataset = Dataset(

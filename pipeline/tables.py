@@ -39,16 +39,14 @@ def location(given: str) -> Location:
     return given if "://" in given else Path(given)
 
 
-def _filesystem(uri: str) -> tuple[Any, str, str]:
-    """The pyarrow filesystem of a URI, the path on it, and how to name a file there by URI (the query kept)."""
+def _filesystem(uri: str) -> tuple[Any, str]:
+    """The pyarrow filesystem of a URI and the path on it."""
     from pyarrow.fs import FileSystem
 
     try:
-        fs, path = FileSystem.from_uri(uri)
+        return FileSystem.from_uri(uri)
     except Exception as exc:  # an unknown scheme, a bad option, a bucket whose region cannot be found
         raise TableError(f"{uri}: cannot open: {exc}") from None
-    parts = urlsplit(uri)
-    return fs, path, f"{parts.scheme}://{{}}" + (f"?{parts.query}" if parts.query else "")
 
 
 class TableError(ValueError):
@@ -72,7 +70,7 @@ def check_file(path: Location) -> str:
 
         if fmt == "csv":  # read in byte ranges cut at line ends, by Python: a local file's
             raise TableError(f"{path}: a CSV must be a local file; on an object store, write the table as Parquet")
-        fs, key, _ = _filesystem(path)
+        fs, key = _filesystem(path)
         kind = fs.get_file_info(key).type
         is_dir, is_file = kind == FileType.Directory, kind == FileType.File
     else:
@@ -125,14 +123,14 @@ def dataset_files(source: str) -> list[Location] | None:
         return None
     if not found:
         raise TableError(f"{source}: no .parquet file in this folder or glob")
-    return list(found)
+    return found
 
 
 def _dataset_uris(source: str) -> list[Location] | None:
     """dataset_files on a pyarrow filesystem: a folder (a prefix) listed at any depth, or a glob's matches."""
     from pyarrow.fs import FileSelector, FileType
 
-    fs, path, uri = _filesystem(source)
+    fs, path = _filesystem(source)
     pattern = path.split("/") if glob.has_magic(path) else None
     if pattern:  # list below the glob's fixed folders and match: an object store has no globbing of its own
         base = "/".join(itertools.takewhile(lambda part: not glob.has_magic(part), pattern))
@@ -151,7 +149,8 @@ def _dataset_uris(source: str) -> list[Location] | None:
     )  # fmt: skip
     if not found:
         raise TableError(f"{source}: no .parquet file in this folder or glob")
-    return [uri.format(key) for key in found]
+    given = urlsplit(source)  # each file by the same scheme and options
+    return [f"{given.scheme}://{key}" + (f"?{given.query}" if given.query else "") for key in found]
 
 
 def _matches(parts: list[str], pattern: list[str]) -> bool:

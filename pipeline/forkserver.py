@@ -47,11 +47,13 @@ from pipeline import child, interrupts
 
 IDLE_S = 120  # a sweep's next `dvc exp run` comes sooner; an idle server holds a few hundred MiB
 SWITCH = "PIPELINE_FORKSERVER"
-# What the stages import on their paths besides this package (each module imports the rest lazily).
+# What the stages import on their paths besides this package (each module imports the rest lazily). torch._dynamo:
+# torch.optim's first optimizer imports it (train with lbfgs or adam), seconds before the first epoch otherwise.
 PRELOAD = (
     "mlflow", "mlflow.pytorch", "mlflow.pyfunc", "mlflow.models", "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.store.model_registry.sqlalchemy_store", "torch", "sklearn.linear_model", "sklearn.metrics",
-    "matplotlib.figure", "matplotlib.backends.backend_agg", "pandas", "pyarrow.parquet", "pyarrow.csv",
+    "mlflow.store.model_registry.sqlalchemy_store", "torch", "torch._dynamo", "sklearn.linear_model",
+    "sklearn.metrics", "matplotlib.figure", "matplotlib.backends.backend_agg", "pandas", "pyarrow.parquet",
+    "pyarrow.csv",
 )  # fmt: skip
 SERVERS = ("serve", "ui", "server")  # commands that run until stopped: a process of the user's own, as typed
 SERVE = "--serve-warm"  # `python -m pipeline --serve-warm SOCKET`: the server, as forward() starts it

@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 
 from pipeline import engines, files
+from pipeline.table_files import check_file, dataset_files
 from pipeline.tables import (
     Location,
-    check_file,
     csv_header,
-    dataset_files,
     file_format,
     float32_columns,
     parquet_metadata,

@@ -222,7 +222,7 @@ def predict(
     """Score a file in chunks: probability and label per row."""
     from pipeline.records import champion_uri
     from pipeline.stages import predict as stage
-    from pipeline.tables import location
+    from pipeline.table_files import location
 
     stage.execute(ctx, model_uri or champion_uri(ctx), location(input_path), Path(output_path), keep, batch_rows)
 

@@ -11,16 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.table_files import check_file, dataset_files, location
 from pipeline.tables import (
     Location,
     TableError,
-    check_file,
     check_header,
     csv_header,
-    dataset_files,
     file_format,
     float32_rows,
-    location,
     parquet_metadata,
     read_ahead,
     read_blocks,

@@ -18,6 +18,18 @@ def fork_is_safe() -> None:
     _fork["safe"] = True
 
 
+def _one_thread() -> bool:
+    """Whether this process runs a single thread, as forking it safely needs.
+
+    Python's own count misses the threads native code started, such as a Ray client's gRPC ones, which outlive
+    ray.shutdown(): a fork after them hung, or died without a word, when it started Ray again.
+    """
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # no /proc (macOS): the threads Python knows of
+        return threading.active_count() == 1
+
+
 class InChild:
     """fn(*args) running in a fresh process, so its torch/sklearn imports overlap this process's MLflow ones.
 
@@ -32,7 +44,7 @@ class InChild:
     def __init__(self, fn: Callable[..., Any], *args: Any, stream: bool = False) -> None:
         # Fork after torch's threads or an open sqlite connection is unsafe: a new interpreter, unless this is
         # a fork of the warm server (imports done, one thread; the child uses no store), whose fork costs nothing.
-        warm = _fork["safe"] and threading.active_count() == 1
+        warm = _fork["safe"] and _one_thread()
         context = multiprocessing.get_context("fork" if warm else "spawn")
         self._name = fn.__name__
         self._conn, child_end = context.Pipe(duplex=False)

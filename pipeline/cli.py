@@ -224,6 +224,10 @@ def predict(
     from pipeline.stages import predict as stage
     from pipeline.table_files import location
 
+    if not isinstance(location(output_path), Path):  # pyarrow reads a store; the output is written atomically here
+        raise click.BadParameter(
+            f"{output_path}: must be a local file (object stores are read, not written)", param_hint="--output"
+        )
     stage.execute(ctx, model_uri or champion_uri(ctx), location(input_path), Path(output_path), keep, batch_rows)
 
 

@@ -32,6 +32,14 @@ def _filesystem(uri: str) -> tuple[Any, str]:
         raise TableError(f"{uri}: cannot open: {exc}") from None
 
 
+def _info(fs: Any, what: Any, uri: str) -> Any:
+    """fs.get_file_info(what); a store out of reach or a request refused is a TableError naming the URI."""
+    try:
+        return fs.get_file_info(what)
+    except OSError as exc:
+        raise TableError(f"{uri}: cannot read: {exc}") from None
+
+
 def check_file(path: Location) -> str:
     """A readable CSV or Parquet file: its format, or an error naming what is wrong with the path."""
     fmt = file_format(path)
@@ -41,7 +49,7 @@ def check_file(path: Location) -> str:
         if fmt == "csv":  # read in byte ranges cut at line ends, by Python: a local file's
             raise TableError(f"{path}: a CSV must be a local file; on an object store, write the table as Parquet")
         fs, key = _filesystem(path)
-        kind = fs.get_file_info(key).type
+        kind = _info(fs, key, path).type
         is_dir, is_file = kind == FileType.Directory, kind == FileType.File
     else:
         is_dir, is_file = path.is_dir(), path.is_file()
@@ -81,13 +89,13 @@ def _dataset_uris(source: str) -> list[Location] | None:
     if pattern:  # list below the glob's fixed folders and match: an object store has no globbing of its own
         base = "/".join(itertools.takewhile(lambda part: not glob.has_magic(part), pattern))
     else:
-        kind = fs.get_file_info(path).type
+        kind = _info(fs, path, source).type
         if kind == FileType.NotFound:
             raise TableError(f"{source}: not found")
         if kind != FileType.Directory or path.lower().endswith(".csv"):
             return None
         base = path
-    listed = fs.get_file_info(FileSelector(base, recursive=True, allow_not_found=True))
+    listed = _info(fs, FileSelector(base, recursive=True, allow_not_found=True), source)
     found = sorted(
         info.path for info in listed
         if info.type == FileType.File and info.path.lower().endswith(".parquet")

@@ -73,6 +73,8 @@ def parquet_metadata(path: Location) -> Any:
 
     try:
         return pq.ParquetFile(path).metadata
+    except OSError as exc:  # a store out of reach, a request refused, a file not readable
+        raise TableError(f"{path}: cannot read: {exc}") from None
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise TableError(f"{path}: not a Parquet file: {exc}") from None
 
@@ -103,9 +105,12 @@ def read_blocks(
 
     if file_format(path) == "parquet":
         first = 1
-        for batch in _parquet_batches(path, rows or 1 << 16, columns):
-            yield Block(batch, first, first - 1 + len(batch))
-            first += len(batch)
+        try:
+            for batch in _parquet_batches(path, rows or 1 << 16, columns):
+                yield Block(batch, first, first - 1 + len(batch))
+                first += len(batch)
+        except OSError as exc:  # a store out of reach mid-file, a file cut short
+            raise TableError(f"{path}: cannot read after row {first - 1}: {exc}") from None
         return
     first = 2
     try:

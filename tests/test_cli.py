@@ -438,3 +438,10 @@ def test_a_parquet_dataset_on_an_object_store_gives_the_local_folders_parts_metr
     s3.open_output_stream("lake/rows.csv").close()
     refused = CliRunner().invoke(main, ["predict", *model, "--input", "s3://lake/rows.csv", "--output", "o.parquet"])
     assert refused.exit_code == 1 and "a CSV must be a local file" in refused.output, refused.output
+    refused = CliRunner().invoke(main, ["predict", *model, "--input", str(folder), "--output", "s3://lake/o.parquet"])
+    assert refused.exit_code == 2 and "must be a local file (object stores are read, not written)" in refused.output
+    assert not Path("s3:").exists()
+    away = "s3://lake/table/?endpoint_override=127.0.0.1:1&scheme=http"  # nothing listens there
+    refused = CliRunner().invoke(main, ["predict", *model, "--input", away, "--output", "o.parquet"])
+    assert refused.exit_code == 1 and f"{away}: cannot read: " in refused.output, refused.output
+    assert "Could not connect" in refused.output and not Path("o.parquet").exists()

@@ -144,3 +144,27 @@ def test_signals_reach_a_forked_stage_and_a_vanished_command_stops_it(project, w
     assert statuses(client).count("KILLED") == 4
     dvc(project, env, "repro")
     assert_up_to_date(project)
+
+
+def test_run_typed_by_hand_starts_ray_twice_in_a_fork(project, warm):
+    """`run` on Ray in a fork of the server: prepare's Ray, then evaluate's child starting Ray again."""
+    import pandas as pd
+
+    env, folder = warm
+    stage_env = {**env, "DVC_STAGE": "tracking", "DVC_ROOT": str(project)}
+    sh([sys.executable, "-m", "pipeline", "tracking", "--tracking", "models/tracking.json"], project, stage_env)
+    wait_for_server(folder)
+    table, parts = pd.read_csv(project / "data/raw/tutorial.csv"), project / "data/raw/parts"
+    parts.mkdir()
+    for i, rows in enumerate((table.iloc[:3], table.iloc[3:])):
+        rows.to_parquet(parts / f"part-{i}.parquet")
+    count = len(served(folder))
+    on_ray = ["--set", f"prepare.source={parts}", "--set", "cluster.engine=ray", "--set", "cluster.workers=2"]
+    # Before, the child forked after ray.shutdown() (gRPC's threads still running) hung or died without a word.
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", *on_ray, "--out-dir", "on-ray"], cwd=project, env=env,
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(served(folder)) == count + 1  # typed by hand, forked by the server
+    assert "in 2 parts on Ray" in done.stdout and "evaluation rows scored on Ray" in done.stdout

@@ -66,9 +66,9 @@ def dataset_files(source: str) -> list[Location] | None:
     A folder's .parquet files at any depth (as Spark, pandas and pyarrow write a partitioned table; hidden and
     `_` files such as `_SUCCESS` left out), or those a glob matches; on a local disk or, by URI, an object store.
     """
-    if "://" in source:
-        return _dataset_uris(source)
-    path = Path(source)
+    path = location(source)
+    if isinstance(path, str):
+        return _dataset_uris(path)
     if path.is_dir() and path.suffix.lower() != ".csv":  # Spark names a dataset's folder `<table>.parquet`
         found = sorted(p for p in path.rglob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
     elif glob.has_magic(source):

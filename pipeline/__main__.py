@@ -7,6 +7,13 @@ from pathlib import Path
 
 from pipeline import forkserver, interrupts
 
+# Memory first touched in 2 MiB pages (numpy's large arrays, which it madvises for transparent huge pages, and
+# pyarrow's default mimalloc pool) costs several times 4 KiB pages to fault in on a VM whose host backs guest memory
+# lazily (Firecracker's, these machines'), and every stage touches fresh memory. torch and glibc ask for no huge
+# pages unless told; numpy and pyarrow do the same here (benchmarks/pipeline_scale.py measures it). Each reads its
+# variable when first imported; the stages' children, Ray's local workers and the warm server inherit them.
+MEMORY_ENV = {"NUMPY_MADVISE_HUGEPAGE": "0", "ARROW_DEFAULT_MEMORY_POOL": "system"}
+
 
 def command() -> int:
     """Run the CLI command in sys.argv; its exit code."""
@@ -34,6 +41,8 @@ def main() -> None:
     # but faster than its compatible one for torch's products; lbfgs's passes over large X use numpy's BLAS, not
     # MKL. Set before torch loads MKL; the stage's children, torchrun's ranks and the warm server inherit it.
     os.environ.setdefault("MKL_CBWR", "AVX")
+    for name, value in MEMORY_ENV.items():
+        os.environ.setdefault(name, value)
     if sys.argv[1:2] == [forkserver.SERVE]:  # the warm server itself, started by a stage's forward()
         forkserver.serve(Path(sys.argv[2]), command)
         os._exit(0)

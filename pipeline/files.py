@@ -17,9 +17,13 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 TEMP_NAME = re.compile(r"\..+\.(\d+)-[^.]*\.tmp")  # `.<name>.<pid>-<random>.tmp`, as _prefix and mkstemp make
+# The kernel gives a file's page cache folios as large as each write (up to 2 MiB); on a VM whose host backs guest
+# memory lazily (these machines'), 2 MiB blocks are the ones handed back to the host when free, and writing into
+# them costs several times what writes of this size do (benchmarks/pipeline_scale.py: prepare writes X this way).
+WRITE_BYTES = 1 << 18
 
 
 def _prefix(path: Path) -> str:
@@ -74,13 +78,20 @@ def _temp_file(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def write_all(fh: BinaryIO, data: bytes | memoryview) -> None:
+    """Write `data` to a binary file at its position, WRITE_BYTES at a time."""
+    view = memoryview(data).cast("B")
+    for start in range(0, len(view), WRITE_BYTES):
+        fh.write(view[start : start + WRITE_BYTES])
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes to a temp file beside `path`, fsync, then rename over it."""
     path = Path(path)
     fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write_all(fh, data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

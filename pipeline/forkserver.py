@@ -23,6 +23,7 @@ PIPELINE_FORKSERVER=0 turns all of this off (each stage its own interpreter, as 
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import importlib
 import io
@@ -48,12 +49,13 @@ from pipeline import child, interrupts
 IDLE_S = 120  # a sweep's next `dvc exp run` comes sooner; an idle server holds a few hundred MiB
 SWITCH = "PIPELINE_FORKSERVER"
 # What the stages import on their paths besides this package (each module imports the rest lazily). torch._dynamo:
-# torch.optim's first optimizer imports it (train with lbfgs or adam), seconds before the first epoch otherwise.
+# torch.optim's first optimizer imports it (train with lbfgs or adam), seconds before the first epoch otherwise;
+# git and opentelemetry's metrics: MLflow's run creation (the commit, read with GitPython) and its tracing set-up.
 PRELOAD = (
     "mlflow", "mlflow.pytorch", "mlflow.pyfunc", "mlflow.models", "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.store.model_registry.sqlalchemy_store", "torch", "torch._dynamo", "sklearn.linear_model",
-    "sklearn.metrics", "matplotlib.figure", "matplotlib.backends.backend_agg", "pandas", "pyarrow.parquet",
-    "pyarrow.csv",
+    "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy.dialects.sqlite", "git", "opentelemetry.sdk.metrics",
+    "filelock", "torch", "torch._dynamo", "sklearn.linear_model", "sklearn.metrics", "matplotlib.figure",
+    "matplotlib.backends.backend_agg", "pandas", "pyarrow.parquet", "pyarrow.csv",
 )  # fmt: skip
 SERVERS = ("serve", "ui", "server")  # commands that run until stopped: a process of the user's own, as typed
 SERVE = "--serve-warm"  # `python -m pipeline --serve-warm SOCKET`: the server, as forward() starts it
@@ -229,10 +231,16 @@ def serve(path: Path, command: Callable[[], int]) -> None:
     import pipeline
 
     for name in PRELOAD:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # GitPython without a git executable, say: the stage meets it as it would unforked
+            pass
     for module in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
         if module.name != "pipeline.__main__":
             importlib.import_module(module.name)
+    # The imports' objects live as long as the server: out of the collector's way in every fork. A full collection
+    # in a fork otherwise walks them all, writing to each one's header, and so copies the pages that hold them.
+    gc.freeze()
     listener.listen(16)
     os.replace(temp, path)  # clients see the socket only once it accepts
     _log(f"pid {os.getpid()} serving {path.name} after {time.monotonic() - started:.1f} s of imports")

@@ -121,7 +121,7 @@ class NpyWriter:
             return
         data = memoryview(np.ascontiguousarray(X, dtype=np.float32)).cast("B")  # no bytes copy
         self._wait()
-        self._pending = self._writer.submit(self.fh.write, data)
+        self._pending = self._writer.submit(files.write_all, self.fh, data)
         self.sha256.update(data)  # releases the GIL, as the write does
         self.rows += X.shape[0]
 

@@ -2,26 +2,34 @@
 
 Writes one seeded Parquet table (float32 features x1..xF, int8 label y; the prepare stage's synthetic model) in
 row groups of --row-group-rows (default: pyarrow's, i.e. what `DataFrame.to_parquet` writes), then runs, each
-from a clean state, --repeats times in alternating order (pipeline first, then script first, ...):
+from a clean state, --repeats times in turn, in alternating order (pipeline first, then script first, ...):
   (a) this pipeline in a fresh copy of the project: `dvc repro` (prepare.source = the file, test_size 0.2,
       standardize true, train.optimizer lbfgs; new MLflow store, empty DVC cache), then
       `python -m pipeline predict` of the registered model over the same file;
   (b) the plain script: pandas read_parquet, a stratified train_test_split, StandardScaler,
       LogisticRegression(lbfgs), predict_proba with roc_auc and log_loss on the test split, the model saved
-      with joblib, then the whole file scored to Parquet.
+      with joblib, then the whole file scored to Parquet;
+  (c) the same script with the pipeline's memory settings (pipeline.__main__.MEMORY_ENV): no transparent huge
+      pages for numpy's arrays, pyarrow's jemalloc pool. Not the goal's reference (a user's script has neither),
+      but it shows how much of the ratio is those settings and how much is the pipeline's own work.
 Each run's wall time and peak RSS (its whole process tree's PSS summed, sampled every 20 ms) are printed, and each
 side's median run in full: the pipeline's per stage (peak RSS against the bound 1.5 x X + 1 GiB). Then
 `pipeline prepare` of the file (and of a CSV of its first --csv-rows rows) against a process that only reads it
-with pyarrow (--repeats runs each, interleaved; medians), and last `ratio_time: X` and `ratio_rss: Y` (the
-pipeline's median run / the script's). A script that fails (at 10M x 100 on a 24 GiB machine the OOM killer may
-stop it) is reported with its time and peak RSS, and that size's ratios are n/a.
+with pyarrow (--repeats runs each, interleaved; medians), and last `ratio_time_same_memory: X` (the pipeline's
+median run / (c)'s), `ratio_time: X` and `ratio_rss: Y` (the pipeline's median run / the script's). A script
+that fails (at 10M x 100 on a 24 GiB machine the OOM killer may stop it) is reported with its time and peak RSS,
+and that size's ratios are n/a.
 `--sweep` runs 1M, 2M, 5M and 10M rows, ends with the largest, and fits each side's median times to
 fixed seconds + seconds per million rows.
 
 Two things on the 2-core VM here move single runs by a third, which is why the medians are compared. Its host
-backs guest memory on first touch (about 3 s per fresh GiB, page cache included), and the balloon driver
-reports free 2 MiB blocks back to it within seconds (page_reporting_order 9), after which they are fresh again:
-a side's time is largely the memory it touches. And the guest runs DAMON reclaim (kdamond, configured under
+backs guest memory on first touch, and the balloon driver reports free 2 MiB blocks back to it within seconds
+(page_reporting_order 9), after which they are fresh again. Memory the guest takes in 2 MiB blocks is what costs:
+a transparent huge page (numpy madvises its large arrays for them, pyarrow's mimalloc pool gets them), or a large
+folio of page cache, which the kernel sizes by the write (a file written 16 MiB at a time). 1 GiB touched that way
+took 4-6 s of system time; in 4 KiB pages, or written 256 KiB at a time, 0.2-0.5 s. So a side's time is largely
+the memory it touches in 2 MiB blocks: the script's arrays, and the pipeline's before MEMORY_ENV and
+pipeline.files.WRITE_BYTES. And the guest runs DAMON reclaim (kdamond, configured under
 /sys/kernel/mm/damon/admin): file pages no process maps that have gone unread for a minute (12 aggregations of
 5 s) are dropped, up to 128 MiB/s, so a library or the table left cold between two steps is read from disk again.
 Before each run, untimed, the libraries either side uses are imported and the table is read (warm_caches), and
@@ -52,6 +60,8 @@ import time
 from pathlib import Path
 
 from common import STAGES, Watch, clean_env, project_copy, stage_of
+
+from pipeline.__main__ import MEMORY_ENV
 
 SWEEP = (1_000_000, 2_000_000, 5_000_000, 10_000_000)
 SEED = 1
@@ -161,13 +171,13 @@ def pipeline_side(table: Path, tmp: Path) -> dict:
             "metrics": metrics}  # fmt: skip
 
 
-def script_side(table: Path, tmp: Path) -> dict:
+def script_side(table: Path, tmp: Path, env: dict[str, str] | None = None) -> dict:
     """The plain script, in its own process; a failure (out of memory at 10M on 24 GiB) is reported, not fatal."""
     script = tmp / "plain.py"
     script.write_text(SCRIPT)
     watch = Watch()
     args = [sys.executable, str(script), str(table), str(tmp / "model.joblib"), str(tmp / "script.parquet")]
-    seconds, status, tail = watch.run(args, tmp, clean_env())
+    seconds, status, tail = watch.run(args, tmp, {**clean_env(), **(env or {})})
     failed = None if status == 0 else f"exit {status}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
     for name in ("model.joblib", "script.parquet"):
         (tmp / name).unlink(missing_ok=True)
@@ -242,16 +252,20 @@ def median_run(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda r: r["s"])[(len(runs) - 1) // 2]
 
 
-def both_sides(table: Path, tmp: Path, repeats: int) -> tuple[list[dict], list[dict]]:
-    """The pipeline's and the script's runs, `repeats` each, in alternating order; caches warmed before each."""
-    runs: dict[str, list[dict]] = {"pipeline": [], "script": []}
-    sides = {"pipeline": pipeline_side, "script": script_side}
+def all_sides(table: Path, tmp: Path, repeats: int) -> dict[str, list[dict]]:
+    """Each side's runs, `repeats` each, in turn and in alternating order; caches warmed before each."""
+    sides = {
+        "pipeline": pipeline_side,
+        "script": script_side,
+        "script, same memory": lambda table, tmp: script_side(table, tmp, MEMORY_ENV),
+    }
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for i in range(repeats):
-        for side in ("pipeline", "script") if i % 2 == 0 else ("script", "pipeline"):
+        for side in list(sides) if i % 2 == 0 else reversed(sides):
             warm_caches(table)
             time.sleep(SETTLE_S)  # the warm-up's freed memory reported back: neither side starts on it
             runs[side].append(sides[side](table, tmp))
-    return runs["pipeline"], runs["script"]
+    return runs
 
 
 def one_size(rows: int, features: int, csv_rows: int, repeats: int, group_rows: int) -> dict:
@@ -260,20 +274,21 @@ def one_size(rows: int, features: int, csv_rows: int, repeats: int, group_rows: 
         tmp = Path(name)
         table = tmp / "table.parquet"
         x_bytes = write_table(table, rows, features, group_rows)
-        pipeline_runs, script_runs = both_sides(table, tmp, repeats)
+        runs = all_sides(table, tmp, repeats)
         root = bench_project(table, tmp / "project")
         reads = [prepare_against_pyarrow(table, root, repeats)]
         if csv_rows:
             reads.append(prepare_against_pyarrow(csv_copy(table, csv_rows), root, repeats))
-    ours, script = median_run(pipeline_runs), median_run(script_runs)
+    pipeline_runs, script_runs = runs["pipeline"], runs["script"]
+    ours, script, same = median_run(pipeline_runs), median_run(script_runs), median_run(runs["script, same memory"])
     failed = next((r["failed"] for r in script_runs if r["failed"]), None)
     bound = 1.5 * x_bytes + 2**30
     mib = 2**20
     print(f"\n{rows:,} x {features} (X = {x_bytes / mib:,.0f} MiB float32; stage bound 1.5 X + 1 GiB = "
           f"{bound / mib:,.0f} MiB; row groups of {group_rows:,} rows)")  # fmt: skip
-    for side, runs in (("pipeline", pipeline_runs), ("script", script_runs)):
+    for side, side_runs in runs.items():
         shown = ", ".join(f"{r['s']:.1f} s / {r['peak_rss'] / mib:,.0f} MiB{' FAILED' if r.get('failed') else ''}"
-                          for r in runs)  # fmt: skip
+                          for r in side_runs)  # fmt: skip
         print(f"  {side} runs: {shown}")
     print("  the median runs:")
     for stage in STAGES:
@@ -287,6 +302,10 @@ def one_size(rows: int, features: int, csv_rows: int, repeats: int, group_rows: 
           f"baseline {auc[1]:.6f})")  # fmt: skip
     print(f"  script    {script['s']:7.1f} s  peak RSS {script['peak_rss'] / mib:7,.0f} MiB"
           f"{f'  FAILED ({failed})' if failed else ''}")  # fmt: skip
+    print(
+        f"  script, the pipeline's memory settings ({' '.join(f'{k}={v}' for k, v in MEMORY_ENV.items())}): "
+        f"{same['s']:.1f} s, peak RSS {same['peak_rss'] / mib:,.0f} MiB{'  FAILED' if same['failed'] else ''}"
+    )
     for r in reads:
         shown = {side: ", ".join(f"{t:.1f}" for t in times) for side, times in r["runs"].items()}
         print(f"  prepare {r['file']}: {r['prepare_s']:.1f} s ({shown['prepare']}), {r['gb_per_s']:.2f} GB/s of "
@@ -296,8 +315,12 @@ def one_size(rows: int, features: int, csv_rows: int, repeats: int, group_rows: 
     if not failed:
         ratios = {"ratio_time": ours["s"] / script["s"], "ratio_rss": ours["peak_rss"] / script["peak_rss"]}
         print(f"  ratio     {ratios['ratio_time']:7.3f} time, {ratios['ratio_rss']:.3f} peak RSS")
+    ratios["ratio_time_same_memory"] = None if same["failed"] else ours["s"] / same["s"]
+    if not same["failed"]:
+        print(f"  ratio     {ratios['ratio_time_same_memory']:7.3f} time against the script with the same settings")
     return {"rows": rows, "features": features, "x_bytes": x_bytes, "row_group_rows": group_rows,
-            "pipeline": ours, "script": script, "pipeline_runs": pipeline_runs, "script_runs": script_runs,
+            "pipeline": ours, "script": script, "script_same_memory": same, "pipeline_runs": pipeline_runs,
+            "script_runs": script_runs, "script_same_memory_runs": runs["script, same memory"],
             "prepare_against_pyarrow": reads, **ratios}  # fmt: skip
 
 
@@ -338,15 +361,18 @@ def main() -> None:
     ]
     opts.json.write_text(json.dumps(results, indent=2) + "\n")
     if len(results) > 1:
-        print("\nrows         pipeline s   script s   ratio_time   ratio_rss   (median runs)")
+        print("\nrows         pipeline s   script s   ratio_time   ratio_rss   script, same memory s   ratio")
         for r in results:
             print(f"{r['rows']:>10,}   {r['pipeline']['s']:10.1f}   {r['script']['s']:8.1f}   "
-                  f"{_shown(r['ratio_time']):>10}   {_shown(r['ratio_rss']):>9}")  # fmt: skip
+                  f"{_shown(r['ratio_time']):>10}   {_shown(r['ratio_rss']):>9}   "
+                  f"{r['script_same_memory']['s']:21.1f}   {_shown(r['ratio_time_same_memory']):>5}")  # fmt: skip
+        print("(median runs)")
         for side in ("pipeline", "script"):
             fit = linear_fit(results, side)
             if fit:
                 print(f"{side}: {fit[0]:.1f} s fixed + {fit[1]:.2f} s per million rows (least squares)")
     print(f"wrote {opts.json}")
+    print(f"ratio_time_same_memory: {_shown(results[-1]['ratio_time_same_memory'])}")
     print(f"ratio_time: {_shown(results[-1]['ratio_time'])}")
     print(f"ratio_rss: {_shown(results[-1]['ratio_rss'])}")
 

@@ -10,9 +10,11 @@ from pipeline import forkserver, interrupts
 # Memory first touched in 2 MiB pages (numpy's large arrays, which it madvises for transparent huge pages, and
 # pyarrow's default mimalloc pool) costs several times 4 KiB pages to fault in on a VM whose host backs guest memory
 # lazily (Firecracker's, these machines'), and every stage touches fresh memory. torch and glibc ask for no huge
-# pages unless told; numpy and pyarrow do the same here (benchmarks/pipeline_scale.py measures it). Each reads its
-# variable when first imported; the stages' children, Ray's local workers and the warm server inherit them.
-MEMORY_ENV = {"NUMPY_MADVISE_HUGEPAGE": "0", "ARROW_DEFAULT_MEMORY_POOL": "system"}
+# pages unless told; numpy and pyarrow do the same here (benchmarks/pipeline_scale.py measures it). jemalloc (in
+# pyarrow's Linux wheels) rather than the system pool: it keeps a freed row group's memory for the next one, where
+# glibc hands it back and faults it in again. Each library reads its variable when first imported; the stages'
+# children, Ray's local workers and the warm server inherit them.
+MEMORY_ENV = {"NUMPY_MADVISE_HUGEPAGE": "0", "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
 
 
 def command() -> int:

@@ -10,6 +10,7 @@ A reader of some rows reads only the parts that hold them; with one part, the ar
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +37,13 @@ def read_into(fd: int, block: np.ndarray, offset: int, path: Path) -> None:
         if n == 0:
             raise OSError(f"{path}: shorter than its header says")
         done += n
+
+
+def _read_rows(path: Path, row: int, block: np.ndarray) -> None:
+    """Fill `block` with the rows of a part's .npy from `row` on."""
+    with path.open("rb", buffering=0) as fh:
+        npy_shape(fh)
+        read_into(fh.fileno(), block, fh.tell() + row * block[:1].nbytes, path)
 
 
 def part_file(name: str, index: int) -> str:
@@ -115,6 +123,21 @@ class Prepared:
         """The rows of one part alone (X_test and y_test its evaluation rows, X_train and y_train its train rows)."""
         return replace(self, part=part)
 
+    def train_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of the train split's array `name` (X_train or y_train), from the manifest and a header."""
+        return self._spans(name, self.train_rows or slice(None))[0]
+
+    def train_blocks(self, name: str, buffer: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """The train split's rows of `name` read into `buffer` a block at a time: (first row, the block's rows).
+
+        The host holds one block, never the whole array (a device copy's source). A block is valid until the next.
+        """
+        for path, row, lo, hi in self._spans(name, self.train_rows or slice(None))[1]:
+            for at in range(lo, hi, len(buffer)):
+                block = buffer[: min(len(buffer), hi - at)]
+                _read_rows(path, row + at - lo, block)
+                yield at, block
+
     def _rows(self, name: str, rows: slice) -> np.ndarray:
         """Rows of one array over the parts in order.
 
@@ -122,26 +145,30 @@ class Prepared:
         without a warning or a copy). Several: the rows read from the parts that hold them into one array
         (plain reads: no maps left to count twice).
         """
+        if self.part is not None or len(self.meta["parts"]) == 1:
+            return np.load(self.directory / part_file(name, self.part or 0), mmap_mode="c")[rows]
+        shape, spans = self._spans(name, rows)
+        out = np.empty(shape, dtype=np.float32)
+        for path, row, lo, hi in spans:
+            _read_rows(path, row, out[lo:hi])
+        return out
+
+    def _spans(self, name: str, rows: slice) -> tuple[tuple[int, ...], list[tuple[Path, int, int, int]]]:
+        """The shape of `rows` of array `name`, and the parts that hold them: (file, its first row, rows lo:hi)."""
         split = name.split("_")[1]
         indices = range(len(self.meta["parts"])) if self.part is None else [self.part]
         counts = [self.meta["parts"][i][split] for i in indices]
         start, stop, _ = rows.indices(sum(counts))
         paths = [self.directory / part_file(name, i) for i in indices]
-        if len(paths) == 1:
-            return np.load(paths[0], mmap_mode="c")[start:stop]
         with paths[0].open("rb") as fh:
             tail = npy_shape(fh)[1:]
-        out = np.empty((max(0, stop - start), *tail), dtype=np.float32)
-        first = 0
+        spans, first = [], 0
         for path, count in zip(paths, counts, strict=True):
             lo, hi = max(start, first), min(stop, first + count)
             if lo < hi:
-                with path.open("rb", buffering=0) as fh:
-                    npy_shape(fh)
-                    block = out[lo - start : hi - start]
-                    read_into(fh.fileno(), block, fh.tell() + (lo - first) * block[:1].nbytes, path)
+                spans.append((path, lo - first, lo - start, hi - start))
             first += count
-        return out
+        return (max(0, stop - start), *tail), spans
 
 
 def load_prepared(directory: str | Path) -> Prepared:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,6 +11,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where it computes: the train stage's recording process never needs it
     import torch
     from torch import nn
+
+    from pipeline.dataset import Prepared
+
+PLACE_BYTES = 1 << 25  # the host block a device copy goes through: large enough that each copy's set-up is noise
 
 
 class DeviceError(ValueError):
@@ -33,6 +38,23 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     if not available[name]:
         raise DeviceError(f"{key}: {name!r} was requested but is not available on this machine")
     return torch.device(name)
+
+
+def placed(prepared: Prepared, name: str, device: torch.device) -> torch.Tensor:
+    """A train-split array (X_train, y_train) on the device, read through one host block (pinned on cuda).
+
+    The host never holds the whole array: copied from the memory map, all its pages would stay mapped in this
+    process beside the CUDA context's own host memory.
+    """
+    import torch
+
+    shape = prepared.train_shape(name)
+    out = torch.empty(shape, dtype=torch.float32, device=device)
+    rows = max(1, min(shape[0], PLACE_BYTES // (4 * math.prod(shape[1:]))))
+    buffer = torch.empty((rows, *shape[1:]), dtype=torch.float32, pin_memory=device.type == "cuda")
+    for at, block in prepared.train_blocks(name, buffer.numpy()):
+        out[at : at + len(block)].copy_(buffer[: len(block)])  # blocking: the next block reuses the buffer
+    return out
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def _print_now(line: str) -> None:
 def fit(emit: Callable[[HistoryChunk], None], prepared_dir: Path, params: TrainParams, rank: Rank) -> Fitted:
     """Load this rank's rows of the prepared data, train on the chosen device, serialise (a child process)."""
     from pipeline import dataset, training
-    from pipeline.devices import Shard, process_group, resolve_device
+    from pipeline.devices import Shard, placed, process_group, resolve_device
     from pipeline.model import ModelConfig, checkpoint_bytes
 
     training.warm_up(params)
@@ -55,9 +55,12 @@ def fit(emit: Callable[[HistoryChunk], None], prepared_dir: Path, params: TrainP
     gc.freeze()
     with process_group(rank, resolve_device(params.device)) as device:
         started = time.monotonic()  # system-wide clock: comparable with the parent's
+        # On the CPU training reads the memory maps themselves; a device gets its copy a block at a time.
+        on_host = device.type == "cpu"
         result = training.train(
-            prepared.X_train,  # as prepared (standardised there if asked): the config has the raw statistics
-            prepared.y_train,
+            # as prepared (standardised there if asked): the config has the raw statistics
+            prepared.X_train if on_host else placed(prepared, "X_train", device),
+            prepared.y_train if on_host else placed(prepared, "y_train", device),
             params,
             device,
             _print_now if rank.rank == 0 else (lambda line: None),

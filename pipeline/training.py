@@ -146,7 +146,7 @@ class _History:
 
 def _as_tensor(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """float32 on the device, placed once; a writable float32 array on the CPU is shared, not copied."""
-    if isinstance(array, torch.Tensor):  # already placed (a caller timing its own host-to-device copy)
+    if isinstance(array, torch.Tensor):  # placed by the caller (devices.placed, or a benchmark timing its copy)
         return array.to(device=device, dtype=torch.float32)
     return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
 

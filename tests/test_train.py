@@ -1,13 +1,16 @@
 """The tutorial is the first acceptance test; torch.optim.SGD is the reference for our update."""
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from pipeline.devices import DeviceError, Shard, resolve_device
+from pipeline import dataset, devices, preparation
+from pipeline.devices import DeviceError, Shard, placed, resolve_device
 from pipeline.fused import FUSED_ROWS, GPU_BLOCK_ELEMENTS, column_moments, fused_pass
 from pipeline.model import (
     ROW_BLOCK,
@@ -189,6 +192,24 @@ def test_cuda_training_matches_cpu_closely(tutorial):
     gpu = train(table.X, table.y, params.train, torch.device("cuda"), lambda _: None)
     assert gpu.device.startswith("cuda") and next(gpu.model.parameters()).device.type == "cpu"
     assert np.allclose(gpu.cost, result.cost, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_a_device_gets_a_ranks_rows_through_one_host_block(tmp_path, monkeypatch, device):
+    """The rows reach the device block by block across the parts, equal to the rows read whole."""
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.normal(size=(3000, 3)).astype(np.float32), columns=["a", "b", "c"])
+    frame["y"] = rng.integers(0, 2, 3000)
+    (tmp_path / "table").mkdir()
+    for i, (lo, hi) in enumerate([(0, 1000), (1000, 1500), (1500, 3000)]):
+        frame.iloc[lo:hi].to_parquet(tmp_path / "table" / f"{i}.parquet")
+    source = open_source(str(tmp_path / "table"), "y", None, 0, 0, 1, None)
+    preparation.prepare_dir(tmp_path / "p", source, 0.2, 1, False, "error")
+    rank = replace(dataset.load_prepared(tmp_path / "p"), train_rows=slice(90, 2100))  # from part 0 into part 2
+    monkeypatch.setattr(devices, "PLACE_BYTES", 7 * 3 * 4)  # 7-row blocks: each part ends in a short one
+    X, y = placed(rank, "X_train", torch.device(device)), placed(rank, "y_train", torch.device(device))
+    assert X.device.type == device and X.shape == (2010, 3) and y.shape == (2010,)
+    assert torch.equal(X.cpu(), torch.from_numpy(rank.X_train)) and torch.equal(y.cpu(), torch.from_numpy(rank.y_train))
 
 
 def test_large_data_history_path_gives_the_same_numbers(tutorial, monkeypatch):

@@ -9,8 +9,9 @@ In a temp git copy of the project, on the synthetic table (--rows x --features; 
   3. the registered model served by `python -m pipeline serve --device cpu` and `--device <device>` (MLflow's
      SERVING_MODEL_CONFIG): the answers to one --batch-rows request compared bit for bit, the p50 latency of
      a one-row request, and rows/s of --batch-rows requests.
-Ends with `ratio_train_stage: X` (train stage wall, device / cpu) and `ratio_serving_batch: Y` (rows/s, device /
-cpu). With --device cpu it runs on a machine without a GPU too (both sides are then the CPU).
+Ends with `ratio_train_stage: X` (train stage wall, device / cpu), `ratio_train_rss_to_bound` (the train stages'
+largest peak RSS / (1.5 x X_train + 1 GiB)) and `ratio_serving_batch: Y` (rows/s, device / cpu). With --device cpu
+it runs on a machine without a GPU too (both sides are then the CPU).
 
     python benchmarks/gpu.py [--device cuda] [--rows 1000000] [--features 100] [--batch-rows 10000] [--json gpu.json]
 """
@@ -133,6 +134,9 @@ def main() -> None:
                 f"train.device={t['asked']:<5} train stage {t['train_s']:6.1f} s (pipeline.device tag "
                 f"{t['device']!r}), peak RSS {t['train_peak_rss'] / 2**20:,.0f} MiB; {how} {t['s']:.1f} s"
             )
+        meta = json.loads((root / "data" / "prepared" / "meta.json").read_text())
+        rss_bound = 1.5 * meta["n_train"] * opts.features * 4 + 2**30  # X_train, float32
+        print(f"the train stage's peak RSS bound: 1.5 x X_train + 1 GiB = {rss_bound / 2**20:,.0f} MiB")
         runs = []
         if opts.device == "cuda":  # the last exp trained one process on cuda: models/model.pt is the reference
             for processes in (torch.cuda.device_count(), torch.cuda.device_count() + 1):
@@ -160,6 +164,7 @@ def main() -> None:
     print(f"answers to the {opts.batch_rows:,}-row request, {opts.device} against cpu: {same}")
     ratios = {
         "ratio_train_stage": next(t for t in trains if t["asked"] == opts.device)["train_s"] / trains[0]["train_s"],
+        "ratio_train_rss_to_bound": max(t["train_peak_rss"] for t in trains) / rss_bound,
         "ratio_serving_batch": cpu["batch_s"] / gpu["batch_s"],
     }
     for s in served.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,16 +37,8 @@ class Paths:
     @classmethod
     def from_dvc_yaml(cls, root: Path) -> Paths:
         """Read the paths from <root>/dvc.yaml, relative to root."""
-        where = root / "dvc.yaml"
-        try:
-            tree = yaml.safe_load(where.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ValueError(f"{where}: not found; it declares the pipeline's paths (vars: paths)") from None
-        found = next((v["paths"] for v in tree.get("vars", []) if isinstance(v, dict) and "paths" in v), None)
-        names = [f.name for f in fields(cls)]
-        if not isinstance(found, dict) or sorted(found) != sorted(names):
-            raise ValueError(f"{where}: vars must hold paths with exactly the keys {', '.join(names)}")
-        return cls(**{k: root / found[k] for k in names})
+        found = _declared_paths(root / "dvc.yaml", _dvc_yaml(root))
+        return cls(**{k: root / found[k] for k in found})
 
     def under(self, folder: Path) -> Paths:
         """The same layout with every output moved under `folder` (the raw data stays where it is)."""
@@ -100,6 +93,57 @@ class Context:
         """What MLflow's Source column shows: the DVC stage, or the command as typed."""
         stage = self.env.get("DVC_STAGE")
         return f"dvc.yaml:{stage}" if stage else f"python -m pipeline {self.command}"
+
+
+def _dvc_yaml(root: Path) -> dict:
+    """<root>/dvc.yaml as written (vars not filled in)."""
+    where = root / "dvc.yaml"
+    try:
+        return yaml.safe_load(where.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ValueError(f"{where}: not found; it declares the pipeline's paths (vars: paths)") from None
+
+
+def _declared_paths(where: Path, tree: dict) -> dict[str, str]:
+    """dvc.yaml's `vars: paths`, checked to name exactly the fields of Paths."""
+    found = next((v["paths"] for v in tree.get("vars", []) if isinstance(v, dict) and "paths" in v), None)
+    names = [f.name for f in fields(Paths)]
+    if not isinstance(found, dict) or sorted(found) != sorted(names):
+        raise ValueError(f"{where}: vars must hold paths with exactly the keys {', '.join(names)}")
+    return found
+
+
+def unseen_by_dvc(ctx: Context, stage: str, read: list[str]) -> list[str]:
+    """Of the files (paths or URIs) a DVC stage reads, those under none of its deps in dvc.yaml.
+
+    DVC reruns a stage when a dep changes, and says "up to date" otherwise: a file outside every dep can change
+    unseen. A dep with a ${...} that is not one of `vars: paths` or a params.yaml key is taken to hold everything.
+    """
+    tree = _dvc_yaml(ctx.root)
+    values = {"paths": _declared_paths(ctx.root / "dvc.yaml", tree), **read_tree(ctx.params_path)}
+    deps = []
+    for dep in tree.get("stages", {}).get(stage.split("@")[0], {}).get("deps", []):
+        try:
+            deps.append(re.sub(r"\$\{\s*([\w.]+)\s*\}", lambda m: str(_lookup(values, m[1])), str(dep)))
+        except KeyError:
+            return []
+    here = Path.cwd()  # DVC runs a stage in its workspace, and resolves the stage's deps there
+
+    def covered(path: str) -> bool:
+        if "://" in path:
+            return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps if "://" in d)
+        return any((here / path).resolve().is_relative_to((here / d).resolve()) for d in deps if "://" not in d)
+
+    return [path for path in read if not covered(path)]
+
+
+def _lookup(tree: dict, dotted: str) -> object:
+    """tree["a"]["b"] for "a.b"; KeyError where a key is missing."""
+    for key in dotted.split("."):
+        if not isinstance(tree, dict):
+            raise KeyError(dotted)
+        tree = tree[key]
+    return tree
 
 
 def project_root(env: dict[str, str], cwd: Path) -> Path:

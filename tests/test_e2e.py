@@ -259,6 +259,28 @@ def with_peak_rss(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str,
     return head, int(peak) * 1024
 
 
+def test_prepare_names_a_source_dvc_cannot_see_change_and_the_fix_works(project, tmp_path):
+    """A source outside prepare's deps is warned of, with the fix; declared as a dep, its change reruns prepare."""
+    assert "Warning" not in dvc(project, "repro", "prepare").stderr  # the tutorial, under data/raw
+    outside = tmp_path / "elsewhere.csv"
+    shutil.copy(project / "data" / "raw" / "tutorial.csv", outside)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["prepare"]["source"] = str(outside)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    warned = dvc(project, "repro", "prepare").stderr
+    assert f"Warning: prepare.source {outside}: {outside} lies outside every dep of stage prepare in dvc.yaml" in warned
+    assert "put the data under data/raw, or add it to the stage's deps" in warned
+
+    raw = "      - ${paths.raw}\n"
+    stages = (project / "dvc.yaml").read_text()
+    (project / "dvc.yaml").write_text(stages.replace(raw, f"{raw}      - {outside}\n", 1))  # prepare's deps
+    assert "Warning" not in dvc(project, "repro", "prepare").stderr
+    with outside.open("a") as fh:
+        fh.write("7,1,1\n")
+    assert "Running stage 'prepare'" in dvc(project, "repro", "prepare").stdout  # DVC saw the change
+    assert json.loads((project / "data" / "prepared" / "meta.json").read_text())["n_train"] == 7
+
+
 def test_a_parquet_table_through_every_stage_then_batch_scoring(project, tmp_path):
     """benchmarks/pipeline_scale.py's pipeline side at a size CI affords, checked instead of timed.
 

@@ -6,17 +6,28 @@ from pathlib import Path
 
 import click
 
-from pipeline.workspace import Context
+from pipeline.workspace import Context, unseen_by_dvc
 
 
 def execute(ctx: Context, prepared_dir: Path) -> dict:
     """Read prepare.source, validate, split, standardise and write the prepared dataset; returns its meta."""
     from pipeline import engines, preparation
-    from pipeline.sources import open_source
+    from pipeline.sources import BUILTIN_SOURCES, SYNTHETIC, open_source
 
     p, cluster = ctx.params.prepare, ctx.params.cluster
     n, d = p.synthetic.n_samples, p.synthetic.n_features
     source = open_source(p.source, p.label, p.features, n, d, p.seed, p.positive)
+    stage = ctx.env.get("DVC_STAGE")
+    if stage and p.source not in (SYNTHETIC, *BUILTIN_SOURCES):  # a table's files, not the params alone
+        unseen = unseen_by_dvc(ctx, stage, [s.origin for s in source.parts or (source,)])
+        if unseen:
+            more = f" and {len(unseen) - 1} more of its files" if len(unseen) > 1 else ""
+            click.echo(
+                f"Warning: prepare.source {p.source}: {unseen[0]}{more} lies outside every dep of stage {stage} "
+                f"in dvc.yaml, so DVC will not rerun it when that changes: put the data under "
+                f"{ctx.paths.raw.relative_to(ctx.root)}, or add it to the stage's deps",
+                err=True,
+            )
     args = (prepared_dir, source, p.test_size, p.seed, p.standardize, p.missing)
     if cluster.engine == "ray":  # a task per file of the source: the same parts and manifest, bit for bit
         with engines.ray_cluster(cluster) as workers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from typing import Any
 
 from pipeline.params import ClusterParams
 
+RAY_ADDRESS = "RAY_ADDRESS"  # the variable ray.init reads for the cluster to join
 Map = Callable[..., Iterator[Any]]  # each(fn, items, *shared): fn(*shared, item) for each item, results in order
 
 
@@ -67,21 +69,41 @@ def ray_cluster(params: ClusterParams) -> Iterator[int]:
     An empty cluster.address starts a local Ray instance (cluster.workers CPUs, or this machine's) whose
     workers inherit this process's environment, and stops it after; `auto` or `ray://host:port` joins a
     running cluster and leaves it running, its workers given this package by the driver (Ray's runtime_env):
-    the cluster's machines need only the same Python packages installed.
+    the cluster's machines need only the same Python packages installed. A RAY_ADDRESS in the environment (as
+    one_ray sets for the stages of one command) is joined too, as Ray itself would.
     """
     import ray
 
     started = not ray.is_initialized()
     if started:
-        local = not params.address
-        ray.init(
-            address=params.address or None,
-            num_cpus=params.workers if local else None,
-            include_dashboard=False,
-            runtime_env=None if local else {"py_modules": [str(Path(__file__).parent)]},
-        )
+        address = params.address or os.environ.get(RAY_ADDRESS)
+        if address:
+            runtime_env = {"py_modules": [str(Path(__file__).parent)]} if params.address else None
+            ray.init(address=address, runtime_env=runtime_env)
+        else:
+            ray.init(num_cpus=params.workers, include_dashboard=False)
     try:
         yield params.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     finally:
         if started:
-            ray.shutdown()
+            ray.shutdown()  # a joined cluster is left running: this disconnects
+
+
+@contextmanager
+def one_ray(params: ClusterParams) -> Iterator[None]:
+    """One local Ray instance for every stage of the block that uses Ray, rather than one started by each.
+
+    Its address goes in RAY_ADDRESS, which the stages' child processes inherit and join. Nothing is started for
+    the local engine or where a cluster is named already (cluster.address, or RAY_ADDRESS).
+    """
+    if params.engine != "ray" or params.address or os.environ.get(RAY_ADDRESS):
+        yield
+        return
+    import ray
+
+    with ray_cluster(params):
+        os.environ[RAY_ADDRESS] = ray.get_runtime_context().gcs_address
+        try:
+            yield
+        finally:
+            del os.environ[RAY_ADDRESS]

@@ -346,6 +346,29 @@ def test_run_on_ray_over_a_parquet_folder_gives_the_local_engines_parts_and_metr
     assert "Traceback" not in result.output and (prepared["ray"] / "meta.json").read_bytes() == before
 
 
+def test_one_ray_instance_for_a_whole_run_is_joined_by_its_stages_and_their_child_processes(monkeypatch):
+    """`run` on Ray starts one local instance: a stage here, and a child process, join it; it stops at the end."""
+    import ray
+
+    from pipeline.engines import one_ray, ray_cluster
+    from pipeline.params import ClusterParams
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cluster = ClusterParams("ray", None, 2)
+    joined = "from pipeline.engines import ray_cluster; from pipeline.params import ClusterParams; import ray\n"
+    joined += "with ray_cluster(ClusterParams('ray', None, 2)) as n: print(n, ray.get_runtime_context().gcs_address)"
+    with one_ray(cluster):
+        address = os.environ["RAY_ADDRESS"]
+        with ray_cluster(cluster) as workers:  # prepare's, in this process
+            assert workers == 2 and ray.get_runtime_context().gcs_address == address
+        assert ray.is_initialized()  # left running for the next stage
+        child = subprocess.run([sys.executable, "-c", joined], capture_output=True, text=True, timeout=120)
+        assert child.returncode == 0 and child.stdout.split() == ["2", address], child.stderr  # evaluate's child
+    assert not ray.is_initialized() and "RAY_ADDRESS" not in os.environ
+    with one_ray(ClusterParams("local", None, None)):
+        assert "RAY_ADDRESS" not in os.environ and not ray.is_initialized()  # the local engine starts nothing
+
+
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
     """A real S3 endpoint on a loopback port (moto's server), credentials and address in the environment as a

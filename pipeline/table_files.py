@@ -91,7 +91,7 @@ def _dataset_uris(source: str) -> list[Location] | None:
     else:
         kind = _info(fs, path, source).type
         if kind == FileType.NotFound:
-            raise TableError(f"{source}: not found")
+            raise TableError(f"{source}: not found{_bucket_missing(fs, path, source)}")
         if kind != FileType.Directory or path.lower().endswith(".csv"):
             return None
         base = path
@@ -102,9 +102,20 @@ def _dataset_uris(source: str) -> list[Location] | None:
         and not info.base_name.startswith((".", "_")) and (not pattern or _matches(info.path.split("/"), pattern))
     )  # fmt: skip
     if not found:
-        raise TableError(f"{source}: no .parquet file in this folder or glob")
+        raise TableError(f"{source}: no .parquet file in this folder or glob{_bucket_missing(fs, base, source)}")
     given = urlsplit(source)  # each file by the same scheme and options
     return [f"{given.scheme}://{key}" + (f"?{given.query}" if given.query else "") for key in found]
+
+
+def _bucket_missing(fs: Any, path: str, source: str) -> str:
+    """What to add where an object store's path names a bucket (a container) that does not exist; else ""."""
+    from pyarrow.fs import FileType
+
+    scheme, bucket = urlsplit(source).scheme, path.split("/")[0]
+    kind = {"s3": "bucket", "gs": "bucket", "gcs": "bucket", "abfs": "container", "abfss": "container"}.get(scheme)
+    if kind and bucket and _info(fs, bucket, source).type == FileType.NotFound:
+        return f": there is no {kind} {bucket!r} at {scheme}://"
+    return ""
 
 
 def _matches(parts: list[str], pattern: list[str]) -> bool:

@@ -450,8 +450,10 @@ def test_a_parquet_dataset_on_an_object_store_gives_the_local_folders_parts_metr
     assert pq.read_table("s3.parquet").equals(pq.read_table("local.parquet"))
 
     for source, words in [
-        ("s3://lake/missing/", "s3://lake/missing/: not found"),
-        ("s3://lake/table/*.csv", "s3://lake/table/*.csv: no .parquet file in this folder or glob"),
+        ("s3://lake/missing/", "s3://lake/missing/: not found\n"),
+        ("s3://lake/table/*.csv", "s3://lake/table/*.csv: no .parquet file in this folder or glob\n"),
+        ("s3://lakes/table/", "s3://lakes/table/: not found: there is no bucket 'lakes' at s3://"),  # a typo
+        ("s3://lakes/*/part-*.parquet", "in this folder or glob: there is no bucket 'lakes' at s3://"),
     ]:
         before = (prepared["s3"] / "meta.json").read_bytes()
         command = ["prepare", "--set", f"prepare.source={source}", "--prepared", "s3/prepared"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.params import apply_overrides, flatten, read_tree
+from pipeline.params import apply_overrides, flatten, load_yaml, read_tree
 
 FAMILIES = {"model": "BinaryClassifier", "baseline": "LogisticRegression"}  # a run's family: its name
 MAX_LABEL = 160  # run names stay readable in the runs table
@@ -85,7 +85,7 @@ def lineage(
     changed: dict[str, Any] = {}
     if committed is not None:
         try:
-            before = flatten(yaml.safe_load(committed) or {})
+            before = flatten(load_yaml(committed) or {})
         except yaml.YAMLError:
             before = {}
         changed = {k: v for k, v in current.items() if k not in before or before[k] != v}
@@ -103,7 +103,7 @@ def relative_to(path: Path, base: Path | str) -> str:
 def dvc_hashes(lock: Path, wanted: set[str]) -> dict[str, str]:
     """`dvc.md5.<path>` tags: the hashes dvc.lock holds for these paths (DVC writes each stage's entry as it ends)."""
     try:
-        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+        stages = (load_yaml(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
     except (OSError, yaml.YAMLError):
         return {}
     found: dict[str, str] = {}

@@ -201,13 +201,18 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, through libyaml's parser where PyYAML has it: the same documents, parsed several times faster."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `section.key=value`; the value is parsed as YAML so `lr=0.5` is a float (None when empty)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"override {text!r}: expected section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ParamsError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
     return key.strip().split("."), value
@@ -242,7 +247,7 @@ def read_tree(path: str | Path) -> dict[str, Any]:
     """The raw YAML mapping of a params file, with errors that name the file."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ParamsError(f"{path}: params file not found") from exc
     except yaml.YAMLError as exc:

@@ -8,10 +8,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
 from pipeline import files
-from pipeline.params import Params, build_params, read_tree
+from pipeline.params import Params, build_params, load_yaml, read_tree
 from pipeline.store import connection, location
 
 if TYPE_CHECKING:
@@ -99,7 +97,7 @@ def _dvc_yaml(root: Path) -> dict:
     """<root>/dvc.yaml as written (vars not filled in)."""
     where = root / "dvc.yaml"
     try:
-        return yaml.safe_load(where.read_text(encoding="utf-8")) or {}
+        return load_yaml(where.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ValueError(f"{where}: not found; it declares the pipeline's paths (vars: paths)") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -126,11 +127,14 @@ def unseen_by_dvc(ctx: Context, stage: str, read: list[str]) -> list[str]:
         except KeyError:
             return []
     here = Path.cwd()  # DVC runs a stage in its workspace, and resolves the stage's deps there
+    local = [here / d for d in deps if "://" not in d]
 
     def covered(path: str) -> bool:
         if "://" in path:
             return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps if "://" in d)
-        return any((here / path).resolve().is_relative_to((here / d).resolve()) for d in deps if "://" not in d)
+        # As written (a link under a dep is the dep's: DVC hashes what it points to), or where links lead
+        spelled, real = Path(os.path.abspath(here / path)), (here / path).resolve()
+        return any(spelled.is_relative_to(os.path.abspath(d)) or real.is_relative_to(d.resolve()) for d in local)
 
     return [path for path in read if not covered(path)]
 

@@ -270,6 +270,12 @@ def test_prepare_names_a_source_dvc_cannot_see_change_and_the_fix_works(project,
     warned = dvc(project, "repro", "prepare").stderr
     assert f"Warning: prepare.source {outside}: {outside} lies outside every dep of stage prepare in dvc.yaml" in warned
     assert "put the data under data/raw, or add it to the stage's deps" in warned
+    (project / "data" / "raw" / "link.csv").symlink_to(outside)  # under data/raw: DVC hashes what it points to
+    params["prepare"]["source"] = "data/raw/link.csv"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "Warning" not in dvc(project, "repro", "prepare").stderr
+    params["prepare"]["source"] = str(outside)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     raw = "      - ${paths.raw}\n"
     stages = (project / "dvc.yaml").read_text()

@@ -62,4 +62,5 @@ def execute(
                 mark_recorded(ctx, "evaluate")
     click.echo(comparison_table(scored.metrics))
     if cluster.engine == "ray":
-        click.echo(f"{scored.rows} evaluation rows scored on Ray, a task per part ({len(meta['parts'])} parts)")
+        parts = len(meta["parts"])
+        click.echo(f"{scored.rows} evaluation rows scored on Ray, a task per part ({parts} part{'s' * (parts > 1)})")

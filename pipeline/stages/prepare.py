@@ -24,7 +24,7 @@ def execute(ctx: Context, prepared_dir: Path) -> dict:
             more = f" and {len(unseen) - 1} more of its files" if len(unseen) > 1 else ""
             click.echo(
                 f"Warning: prepare.source {p.source}: {unseen[0]}{more} lies outside every dep of stage {stage} "
-                f"in dvc.yaml, so DVC will not rerun it when that changes: put the data under "
+                f"in dvc.yaml, so DVC will not rerun the stage when the file changes: put the data under "
                 f"{ctx.paths.raw.relative_to(ctx.root)}, or add it to the stage's deps",
                 err=True,
             )

@@ -16,7 +16,8 @@ No server: the command runs in its own interpreter, as without this module, and 
 stages after it. The server belongs to one key: the interpreter, sys.path, the package's folder and the bytes of every
 file in it, the installed packages' folders and the environment less DVC's own variables and the shell's
 bookkeeping (_SHELL); so edited code or a changed environment never runs in a server that imported something
-else. It exits after IDLE_S seconds without a command, removing its socket, lock and log.
+else. It exits after IDLE_S seconds without a command, or on SIGTERM, SIGHUP or SIGINT, removing its socket, lock
+and log; a server starting removes what servers killed outright (SIGKILL, a machine stopped) left in the folder.
 PIPELINE_FORKSERVER=0 turns all of this off (each stage its own interpreter, as before).
 """
 
@@ -47,6 +48,8 @@ from types import FrameType
 from pipeline import child, interrupts
 
 IDLE_S = 120  # a sweep's next `dvc exp run` comes sooner; an idle server holds a few hundred MiB
+STALE_S = 60  # a lock no server holds for this long is a dead server's (a starting one takes it within a second)
+STOPS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 SWITCH = "PIPELINE_FORKSERVER"
 # What the stages import on their paths besides this package (each module imports the rest lazily). torch._dynamo:
 # torch.optim's first optimizer imports it (train with lbfgs or adam), seconds before the first epoch otherwise;
@@ -224,6 +227,10 @@ def serve(path: Path, command: Callable[[], int]) -> None:
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")  # who holds it: `kill $(cat <key>.lock)` stops the server
     lock.flush()
+    stopped: list[int] = []
+    for signum in STOPS:  # the loop ends at its next turn, and tidies up after itself
+        signal.signal(signum, lambda signum, frame: stopped.append(signum))
+    _sweep(path)
     started = time.monotonic()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     temp = path.with_name(f"{path.name}.{os.getpid()}")
@@ -263,6 +270,8 @@ def serve(path: Path, command: Callable[[], int]) -> None:
                 continue
             pid = os.fork()
             if pid == 0:
+                for signum in STOPS:
+                    signal.signal(signum, signal.SIG_DFL)  # until the command installs its own
                 listener.close()
                 _run_forked(conn, command)  # never returns
             conn.close()
@@ -271,6 +280,9 @@ def serve(path: Path, command: Callable[[], int]) -> None:
             last = time.monotonic()
         elif not children and time.monotonic() - last > IDLE_S:
             _log(f"idle for {IDLE_S} s: exiting")
+            break
+        if stopped:
+            _log(f"{signal.Signals(stopped[0]).name}: exiting")  # commands running in forks carry on
             break
     try:
         if os.stat(path).st_ino == own:
@@ -281,6 +293,22 @@ def serve(path: Path, command: Callable[[], int]) -> None:
     # interpreter; one that opens the path afterwards makes a new file and starts a new server.
     path.with_suffix(".lock").unlink(missing_ok=True)
     path.with_suffix(".log").unlink(missing_ok=True)
+
+
+def _sweep(own: Path) -> None:
+    """Remove the socket, lock and log of every server in the folder that died without tidying up."""
+    for lock in own.parent.glob("*.lock"):
+        if lock.stem == own.stem:
+            continue
+        try:
+            with open(lock, "a") as fh:
+                if time.time() - os.fstat(fh.fileno()).st_mtime < STALE_S:
+                    continue  # perhaps a server starting
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while its server lives
+                for leftover in (*lock.parent.glob(f"{lock.stem}.sock*"), lock.with_suffix(".log"), lock):
+                    leftover.unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 def _log(message: str) -> None:

@@ -35,7 +35,21 @@ def warm(project: Path, tmp_path: Path):
                 os.kill(int(text), signal.SIGTERM)
             except ProcessLookupError:
                 pass
+            wait_for_exit(int(text))  # it removes its files as it goes
     shutil.rmtree(temp)
+
+
+def wait_for_exit(pid: int, timeout: float = 30) -> None:
+    """Until the process has ended (gone, or a zombie its parent has not reaped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                return
+        except FileNotFoundError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not end"
+        time.sleep(0.05)
 
 
 def dvc(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -146,8 +160,8 @@ def test_signals_reach_a_forked_stage_and_a_vanished_command_stops_it(project, w
     assert_up_to_date(project)
 
 
-def test_run_typed_by_hand_starts_ray_twice_in_a_fork(project, warm):
-    """`run` on Ray in a fork of the server: prepare's Ray, then evaluate's child starting Ray again."""
+def test_run_typed_by_hand_on_ray_in_a_fork_starts_one_ray_for_all_its_stages(project, warm):
+    """`run` on Ray in a fork of the server: one local Ray instance, which evaluate's child process joins."""
     import pandas as pd
 
     env, folder = warm
@@ -168,3 +182,28 @@ def test_run_typed_by_hand_starts_ray_twice_in_a_fork(project, warm):
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(served(folder)) == count + 1  # typed by hand, forked by the server
     assert "in 2 parts on Ray" in done.stdout and "evaluation rows scored on Ray" in done.stdout
+    assert done.stderr.count("Started a local Ray instance") == 1, done.stderr  # Ray's own log line
+
+
+def test_a_server_stopped_by_a_signal_tidies_up_and_a_new_one_clears_what_dead_ones_left(project, warm):
+    """A server killed outright leaves its socket, lock and log; the next server to start removes them."""
+    env, folder = warm
+    folder.mkdir(mode=0o700, parents=True)
+    dead = [folder / f"{'0' * 32}{suffix}" for suffix in (".lock", ".log", ".sock", ".sock.99999")]
+    for leftover in dead:
+        leftover.write_text("99999\n")
+        os.utime(leftover, (time.time() - 3600,) * 2)  # an hour ago: no server is starting there
+    starting = folder / f"{'1' * 32}.lock"  # a server that began a moment ago, its lock not yet taken
+    starting.touch()
+    stage_env = {**env, "DVC_STAGE": "tracking", "DVC_ROOT": str(project)}
+    sh([sys.executable, "-m", "pipeline", "tracking", "--tracking", "models/tracking.json"], project, stage_env)
+    deadline = time.monotonic() + 120
+    while not any(p.is_socket() for p in folder.glob("*.sock")):
+        assert time.monotonic() < deadline, "no server started"
+        time.sleep(0.1)
+    assert not any(p.exists() for p in dead) and starting.exists()
+    (lock,) = set(folder.glob("*.lock")) - {starting}
+    pid = int(lock.read_text())
+    os.kill(pid, signal.SIGTERM)
+    wait_for_exit(pid)
+    assert [p.name for p in folder.iterdir()] == [starting.name]  # its socket, lock and log removed

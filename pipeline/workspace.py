@@ -116,12 +116,16 @@ def unseen_by_dvc(ctx: Context, stage: str, read: list[str]) -> list[str]:
     """Of the files (paths or URIs) a DVC stage reads, those under none of its deps in dvc.yaml.
 
     DVC reruns a stage when a dep changes, and says "up to date" otherwise: a file outside every dep can change
-    unseen. A dep with a ${...} that is not one of `vars: paths` or a params.yaml key is taken to hold everything.
+    unseen. A dep with a ${...} that is not one of `vars: paths` or a params.yaml key, or a stage this dvc.yaml
+    does not declare, is taken to hold everything.
     """
     tree = _dvc_yaml(ctx.root)
     values = {"paths": _declared_paths(ctx.root / "dvc.yaml", tree), **read_tree(ctx.params_path)}
+    declared = tree.get("stages", {}).get(stage.split("@")[0])
+    if declared is None:  # a stage of another dvc.yaml: its deps are not known here
+        return []
     deps = []
-    for dep in tree.get("stages", {}).get(stage.split("@")[0], {}).get("deps", []):
+    for dep in declared.get("deps", []):
         try:
             deps.append(re.sub(r"\$\{\s*([\w.]+)\s*\}", lambda m: str(_lookup(values, m[1])), str(dep)))
         except KeyError:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import files
-from pipeline.params import Params, build_params, load_yaml, read_tree
+from pipeline.params import Params, build_params, flatten, load_yaml, read_tree
 from pipeline.store import connection, location
 
 if TYPE_CHECKING:
@@ -120,14 +120,14 @@ def unseen_by_dvc(ctx: Context, stage: str, read: list[str]) -> list[str]:
     does not declare, is taken to hold everything.
     """
     tree = _dvc_yaml(ctx.root)
-    values = {"paths": _declared_paths(ctx.root / "dvc.yaml", tree), **read_tree(ctx.params_path)}
+    values = flatten({"paths": _declared_paths(ctx.root / "dvc.yaml", tree), **read_tree(ctx.params_path)})
     declared = tree.get("stages", {}).get(stage.split("@")[0])
     if declared is None:  # a stage of another dvc.yaml: its deps are not known here
         return []
     deps = []
     for dep in declared.get("deps", []):
         try:
-            deps.append(re.sub(r"\$\{\s*([\w.]+)\s*\}", lambda m: str(_lookup(values, m[1])), str(dep)))
+            deps.append(re.sub(r"\$\{\s*([\w.]+)\s*\}", lambda m: str(values[m[1]]), str(dep)))
         except KeyError:
             return []
     here = Path.cwd()  # DVC runs a stage in its workspace, and resolves the stage's deps there
@@ -141,15 +141,6 @@ def unseen_by_dvc(ctx: Context, stage: str, read: list[str]) -> list[str]:
         return any(spelled.is_relative_to(os.path.abspath(d)) or real.is_relative_to(d.resolve()) for d in local)
 
     return [path for path in read if not covered(path)]
-
-
-def _lookup(tree: dict, dotted: str) -> object:
-    """tree["a"]["b"] for "a.b"; KeyError where a key is missing."""
-    for key in dotted.split("."):
-        if not isinstance(tree, dict):
-            raise KeyError(dotted)
-        tree = tree[key]
-    return tree
 
 
 def project_root(env: dict[str, str], cwd: Path) -> Path:
